@@ -1,0 +1,122 @@
+/*
+ * alloc/alloc.h - the volume: devices, the chunk map (logical -> physical) and RAID profile I/O.
+ *
+ * Owns: the open devices of one filesystem (matched by devid and uuid), the chunk map built from the superblock's
+ * system chunk array and the chunk tree, and every read and write of a logical range in every profile
+ * (single, DUP, RAID0, RAID1, RAID1C3, RAID1C4, RAID10, RAID5, RAID6), including rebuild from parity.
+ * Later (write support): block groups, free space and extent allocation live here too.
+ *
+ * Key idea: a logical read is split at stripe boundaries; for each piece the chunk's profile picks one device
+ * copy. Callers verify checksums themselves and ask again with the next mirror number on a mismatch, so this
+ * layer never needs to know what the bytes mean. All device I/O goes through bf_dev_pread / bf_dev_pwrite.
+ *
+ * Mirror numbers (1-based), per profile:
+ *   single, RAID0: 1 copy.  DUP, RAID1, RAID10: 2.  RAID1C3: 3.  RAID1C4: 4.
+ *   RAID5: 2 (1 = data as stored, 2 = the data stripe rebuilt from the other data stripes and P).
+ *   RAID6: num_stripes (1 = as stored, 2 = rebuilt from P, 3 = rebuilt from Q, k > 3 = rebuilt from P and Q
+ *          treating the target stripe and data stripe (k - 4) (skipping the target) as both lost).
+ *   A copy on a missing device fails with -EIO at once (for RAID5/6 mirror 1 rebuilds it from parity instead).
+ *
+ * Thread safety: reads may run concurrently; the chunk map is guarded by a rwlock for the coming write path.
+ */
+#ifndef BF_ALLOC_H
+#define BF_ALLOC_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "btree/format.h"
+
+struct bf_device {
+	uint64_t devid;
+	uint8_t uuid[BF_UUID_SIZE];
+	int fd;               /* -1 when the device is missing */
+	char *path;           /* NULL when missing */
+	uint64_t size;        /* bytes readable on the device */
+	uint64_t total_bytes; /* from its dev item */
+	uint64_t generation;  /* superblock generation found on it */
+	bool writable;
+};
+
+struct bf_stripe_map {
+	uint64_t devid;
+	uint64_t physical;
+	struct bf_device *dev; /* NULL when the device is missing */
+};
+
+struct bf_chunk_map {
+	uint64_t logical;
+	uint64_t length;
+	uint64_t type; /* BF_BLOCK_GROUP_* type and profile bits */
+	uint64_t stripe_len;
+	uint16_t num_stripes;
+	uint16_t sub_stripes;
+	struct bf_stripe_map stripes[]; /* num_stripes entries */
+};
+
+struct bf_volume {
+	uint8_t fsid[BF_FSID_SIZE]; /* the fsid in every superblock (not metadata_uuid) */
+	uint32_t sectorsize;
+	uint64_t num_devices; /* what the superblock says the filesystem has */
+	struct bf_device **devs;
+	size_t ndevs;
+	struct bf_chunk_map **chunks; /* sorted by logical, non-overlapping */
+	size_t nchunks, chunks_cap;
+	pthread_rwlock_t lock;
+};
+
+/* ---- the platform boundary (alloc/platform_*.c): the only OS-specific code in the core ---- */
+/* Open an image file or block device. Block devices are opened O_EXCL; image files get an exclusive
+   non-blocking flock. Fails with -EBUSY and a message naming the path if it is in use (kernel mount, another
+   btrfs-fuse). *size gets the usable byte size (BLKGETSIZE64 for block devices). */
+int bf_plat_open(const char *path, bool writable, int *fd, uint64_t *size, char *err, size_t errlen);
+int bf_plat_flush(int fd);
+
+/* ---- devices ---- */
+int bf_dev_pread(const struct bf_device *dev, void *buf, size_t len, uint64_t physical);        /* 0 or -EIO */
+int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint64_t physical); /* 0 or -EIO */
+int bf_dev_flush(const struct bf_device *dev);
+
+/* ---- the volume ---- */
+void bf_vol_init(struct bf_volume *v, const uint8_t fsid[BF_FSID_SIZE], uint32_t sectorsize, uint64_t num_devices);
+void bf_vol_destroy(struct bf_volume *v); /* closes the devices' fds and frees everything */
+/* Register an opened device (takes ownership of fd and a copy of path). -EEXIST for a duplicate devid. */
+int bf_vol_add_device(struct bf_volume *v, const char *path, int fd, uint64_t size, const struct bf_dev_item *di,
+		      uint64_t generation, char *err, size_t errlen);
+struct bf_device *bf_vol_find_device(const struct bf_volume *v, uint64_t devid);
+/* Add a placeholder for a device the chunk tree names but that was not given (degraded mounts). */
+struct bf_device *bf_vol_add_missing(struct bf_volume *v, uint64_t devid, const uint8_t uuid[BF_UUID_SIZE]);
+
+/* Validate and insert one chunk item (key offset = logical). item_size is the item's size on disk. The chunk
+   must be sane: length > 0 and a multiple of sectorsize, stripe_len a power of two, num_stripes > 0 and what the
+   profile needs, item_size == bf_chunk_item_size(num_stripes), no overlap with another chunk (an identical
+   duplicate, as the chunk tree repeats the system chunks, is accepted). Stripes on devices not yet known get
+   dev = NULL and are resolved by bf_vol_resolve_devices. */
+int bf_vol_add_chunk(struct bf_volume *v, uint64_t logical, const struct bf_chunk *c, size_t item_size, char *err,
+		     size_t errlen);
+/* Parse the superblock's sys_chunk_array (bounds-checked) and add its chunks. */
+int bf_vol_load_sys_chunks(struct bf_volume *v, const struct bf_super *sb, char *err, size_t errlen);
+/* Point every stripe at its device. If a device is missing: with degraded, add a missing placeholder when every
+   chunk still has enough copies for its profile, else fail; without degraded, fail with a message naming the
+   missing devids. */
+int bf_vol_resolve_devices(struct bf_volume *v, bool degraded, char *err, size_t errlen);
+
+/* The chunk containing logical, or NULL. The pointer stays valid until bf_vol_destroy. */
+const struct bf_chunk_map *bf_vol_find_chunk(const struct bf_volume *v, uint64_t logical);
+/* Number of mirrors for reads of logical (see the table above); 0 if unmapped. */
+int bf_vol_num_copies(const struct bf_volume *v, uint64_t logical);
+/* Read len bytes at logical using copy `mirror` (1-based). The range may span stripes but must lie inside one
+   chunk. Returns 0, -EIO (device error, missing device, unmapped or out-of-range address), or -EINVAL. */
+int bf_vol_read(const struct bf_volume *v, uint64_t logical, void *buf, size_t len, int mirror);
+/* Write len bytes at logical to every copy (write path; RAID5/6 return -EROFS for now). */
+int bf_vol_write(const struct bf_volume *v, uint64_t logical, const void *buf, size_t len);
+/* Describe where logical lands on each device for mirror (for messages and the inspector). */
+int bf_vol_map(const struct bf_volume *v, uint64_t logical, int mirror, uint64_t *devid, uint64_t *physical);
+
+/* Names for messages: "single", "DUP", "RAID1", ...; "data", "metadata", "system", "data+metadata". */
+const char *bf_profile_name(uint64_t type);
+const char *bf_bg_type_name(uint64_t type);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * util/util.h - the base under every layer: logging and small helpers that know nothing of btrfs.
+ *
+ * Owns: the log sink (stderr in the foreground, syslog once the daemon is in the background, and an optional
+ * trace hook), overflow-checked arithmetic helpers, and error-message buffers. Key idea: every message a person
+ * sees goes through bf_log, so the daemon can redirect all of them in one place.
+ */
+#ifndef BF_UTIL_H
+#define BF_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum bf_log_level { BF_LOG_ERR = 3, BF_LOG_WARN = 4, BF_LOG_INFO = 6, BF_LOG_DEBUG = 7 };
+
+/* Print "btrfs-fuse: <message>\n" at the level; messages above the configured verbosity are dropped. */
+void bf_log(enum bf_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void bf_vlog(enum bf_log_level level, const char *fmt, va_list ap);
+/* Where messages go: false = stderr (default), true = syslog (daemon in background). */
+void bf_log_to_syslog(bool on);
+void bf_log_set_verbosity(enum bf_log_level max_level);
+
+/* Format into an error buffer (may be NULL) and return err unchanged, so callers write: return bf_err(buf, n, -EIO, ...). */
+int bf_err(char *buf, size_t len, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Overflow-checked a + b and a * b: return true (and leave *out untouched) on overflow. */
+static inline bool bf_add_overflow(uint64_t a, uint64_t b, uint64_t *out) { return __builtin_add_overflow(a, b, out); }
+static inline bool bf_mul_overflow(uint64_t a, uint64_t b, uint64_t *out) { return __builtin_mul_overflow(a, b, out); }
+/* True if [off, off+len) lies inside [0, size) with no overflow. */
+static inline bool bf_range_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+	return off <= size && len <= size - off;
+}
+static inline bool bf_is_power_of_2(uint64_t x) { return x && !(x & (x - 1)); }
+static inline uint64_t bf_min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t bf_max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static inline uint64_t bf_round_down(uint64_t x, uint64_t align) { return x - x % align; }
+
+/* Format a UUID as the usual 36-character text into buf (at least 37 bytes). */
+void bf_uuid_str(const uint8_t uuid[16], char *buf);
+
+#endif
