@@ -23,18 +23,26 @@ endif
 CORE_SRC := $(wildcard util/*.c alloc/*.c btree/*.c journal/*.c fs/*.c)
 FUSE_SRC := $(wildcard fuse/*.c)
 INSPECT_SRC := $(wildcard inspect/*.c)
+INSPECT_OBJ := $(INSPECT_SRC:%.c=$(B)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(B)/%.o)
 FUSE_OBJ := $(FUSE_SRC:%.c=$(B)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
-.PHONY: all asan test unit soak demo install clean deps bench
-all: btrfs-fuse
+.PHONY: all asan test unit soak demo install clean deps bench tour unit-bins btrfs-fuse btrfs-fuse-inspect
+PROGRAMS := btrfs-fuse $(if $(INSPECT_SRC),btrfs-fuse-inspect)
+all: $(PROGRAMS)
 
 btrfs-fuse: $(B)/btrfs-fuse
 	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse btrfs-fuse; fi
 
 $(B)/btrfs-fuse: $(FUSE_OBJ) $(B)/libcore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+btrfs-fuse-inspect: $(B)/btrfs-fuse-inspect
+	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse-inspect btrfs-fuse-inspect; fi
+
+$(B)/btrfs-fuse-inspect: $(INSPECT_OBJ) $(B)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/libcore.a: $(CORE_OBJ)
@@ -62,7 +70,7 @@ deps:
 
 test: deps
 	$(MAKE) all unit-bins
-	$(MAKE) B=build-asan build-asan/btrfs-fuse unit-bins
+	$(MAKE) B=build-asan $(PROGRAMS:%=build-asan/%) unit-bins
 	scripts/run-tests
 
 soak: deps all
@@ -74,11 +82,16 @@ demo: deps all
 bench: deps all
 	scripts/bench
 
+tour: deps all
+	scripts/tour
+
 install: all
 	install -D -m 0755 btrfs-fuse $(DESTDIR)$(PREFIX)/bin/btrfs-fuse
+	install -D -m 0755 btrfs-fuse-inspect $(DESTDIR)$(PREFIX)/bin/btrfs-fuse-inspect
 	install -D -m 0644 docs/btrfs-fuse.1 $(DESTDIR)$(PREFIX)/share/man/man1/btrfs-fuse.1
+	install -D -m 0644 docs/btrfs-fuse-inspect.1 $(DESTDIR)$(PREFIX)/share/man/man1/btrfs-fuse-inspect.1
 
 clean:
-	rm -rf build build-asan btrfs-fuse
+	rm -rf build build-asan btrfs-fuse btrfs-fuse-inspect
 
--include $(CORE_OBJ:.o=.d) $(FUSE_OBJ:.o=.d)
+-include $(CORE_OBJ:.o=.d) $(FUSE_OBJ:.o=.d) $(INSPECT_OBJ:.o=.d)

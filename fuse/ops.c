@@ -1,0 +1,519 @@
+/*
+ * fuse/ops.c - the FUSE low-level operations: each request becomes one call into fs/fs.h.
+ *
+ * Owns: the translation between libfuse requests and the fs layer, the kernel capabilities asked for at init,
+ * and the caching hints given to the kernel. Key idea: node ids are stateless (a node id alone names an inode,
+ * see fs/fs.h), so forget needs no bookkeeping and directory handles carry nothing: readdir resumes from the
+ * offset the fs layer returned with the previous entry. The mount is read-only and nothing can change under it,
+ * so entries, attributes, negative lookups, file data, directory listings and symlinks are all cached by the
+ * kernel for a long time. Every fs error is passed back as its errno; nothing here aborts on bad input.
+ */
+#include "fuse/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+
+#define BF_NAME_MAX 255
+/* Larger than any read the kernel sends (max_pages is at most 256 pages); a bound so a bad size cannot make us
+   allocate without limit. */
+#define BF_READ_MAX (16u << 20)
+
+static struct bf_fuse *ctx_of(fuse_req_t req) { return fuse_req_userdata(req); }
+
+/* Reply with a negative errno from the fs layer (anything not negative is a bug there: report EIO). */
+static void reply_err(fuse_req_t req, long err)
+{
+	int e = (err < 0 && err > -4096) ? (int)-err : EIO;
+	fuse_reply_err(req, e);
+}
+
+/* ---------------------------------------------------------------- init */
+
+static void set_want(struct fuse_conn_info *conn, unsigned cap, bool on)
+{
+	if (on && (conn->capable & cap))
+		conn->want |= cap;
+	else if (!on)
+		conn->want &= ~cap;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct bf_fuse *c = userdata;
+
+	set_want(conn, FUSE_CAP_ASYNC_READ, true);
+	set_want(conn, FUSE_CAP_READDIRPLUS, true);
+	set_want(conn, FUSE_CAP_READDIRPLUS_AUTO, true);
+	set_want(conn, FUSE_CAP_PARALLEL_DIROPS, true);
+	set_want(conn, FUSE_CAP_CACHE_SYMLINKS, true);
+	/* The kernel turns FUSE_POSIX_ACL into default_permissions, so only ask for it when that is on anyway. */
+	set_want(conn, FUSE_CAP_POSIX_ACL, c->acl && c->default_permissions);
+	/* Nothing changes under a read-only mount: no need to compare mtimes to drop cached pages. */
+	set_want(conn, FUSE_CAP_AUTO_INVAL_DATA, false);
+	set_want(conn, FUSE_CAP_ATOMIC_O_TRUNC, false);
+	/* Replies come from memory buffers, for which splicing only adds system calls. */
+	set_want(conn, FUSE_CAP_SPLICE_WRITE, false);
+	set_want(conn, FUSE_CAP_SPLICE_MOVE, false);
+	conn->time_gran = 1;
+	/* max_readahead stays at what the kernel offered (libfuse starts from the largest value). */
+	if (c->conn_opts)
+		fuse_apply_conn_info_opts(c->conn_opts, conn);
+}
+
+/* ------------------------------------------------------- names, attrs */
+
+static void fill_entry(const struct bf_fuse *c, struct fuse_entry_param *e, uint64_t nodeid, uint64_t gen,
+		       const struct stat *st)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = nodeid;
+	e->generation = gen;
+	e->attr = *st;
+	e->attr_timeout = c->timeout;
+	e->entry_timeout = c->timeout;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct bf_fuse *c = ctx_of(req);
+	struct fuse_entry_param e;
+	struct stat st;
+	uint64_t nodeid = 0, gen = 0;
+
+	if (strlen(name) > BF_NAME_MAX) {
+		fuse_reply_err(req, ENAMETOOLONG);
+		return;
+	}
+	memset(&st, 0, sizeof(st));
+	int r = bf_fs_lookup(c->fs, parent, name, &nodeid, &gen, &st);
+	if (r == -ENOENT) {
+		/* A negative entry: the kernel remembers the name is absent for the timeout. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = c->timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fill_entry(c, &e, nodeid, gen, &st);
+	fuse_reply_entry(req, &e);
+}
+
+/* Node ids are stateless (fs/fs.h): the kernel's lookup counts need no bookkeeping. */
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct bf_fuse *c = ctx_of(req);
+	struct stat st;
+
+	(void)fi;
+	memset(&st, 0, sizeof(st));
+	int r = bf_fs_getattr(c->fs, ino, &st);
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_attr(req, &st, c->timeout);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct bf_fuse *c = ctx_of(req);
+	size_t size = PATH_MAX;
+	char *buf = NULL;
+
+	for (int tries = 0; tries < 2; tries++) {
+		char *nb = realloc(buf, size + 1);
+		if (!nb) {
+			free(buf);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		buf = nb;
+		ssize_t n = bf_fs_readlink(c->fs, ino, buf, size);
+		if (n < 0) {
+			free(buf);
+			reply_err(req, n);
+			return;
+		}
+		if ((size_t)n <= size) {
+			buf[n] = '\0';
+			fuse_reply_readlink(req, buf);
+			free(buf);
+			return;
+		}
+		size = (size_t)n; /* the target is longer than the first guess: once more with its exact length */
+	}
+	free(buf);
+	bf_log(BF_LOG_ERR, "readlink of node %llu: the target length changed between two reads",
+	       (unsigned long long)ino);
+	fuse_reply_err(req, EIO);
+}
+
+/* ------------------------------------------------------------ readdir */
+
+struct dir_fill {
+	fuse_req_t req;
+	struct bf_fuse *c;
+	uint64_t dir;
+	bool plus;
+	char *buf;
+	size_t size, used;
+};
+
+/* A name the kernel would reject (it fails the whole listing with EIO): skip it with a log line. */
+static bool name_ok(const struct dir_fill *d, const char *name, size_t len)
+{
+	if (len > 0 && len <= BF_NAME_MAX && !memchr(name, '/', len) && !memchr(name, '\0', len))
+		return true;
+	bf_log(BF_LOG_WARN, "directory node %llu: skipping an entry with an invalid name (length %zu)",
+	       (unsigned long long)d->dir, len);
+	return false;
+}
+
+static int dir_add(void *ctx, const char *name, size_t namelen, uint64_t nodeid, uint64_t generation,
+		   const struct stat *st, uint64_t next_off)
+{
+	struct dir_fill *d = ctx;
+	char cname[BF_NAME_MAX + 1];
+	size_t need;
+
+	if (!name_ok(d, name, namelen))
+		return 0;
+	memcpy(cname, name, namelen);
+	cname[namelen] = '\0';
+	/* Without a stat from the fs layer only the inode number is known and the type is DT_UNKNOWN. */
+	struct stat bare;
+	if (!st) {
+		memset(&bare, 0, sizeof(bare));
+		bare.st_ino = nodeid == BF_ROOT_NODEID ? d->c->root_ino : nodeid;
+	}
+	if (d->plus) {
+		struct fuse_entry_param e;
+		fill_entry(d->c, &e, nodeid, generation, st ? st : &bare);
+		if (!st)
+			e.ino = 0; /* node id 0: the kernel takes the name only and looks it up later */
+		need = fuse_add_direntry_plus(d->req, d->buf + d->used, d->size - d->used, cname, &e,
+					      (off_t)next_off);
+	} else {
+		need = fuse_add_direntry(d->req, d->buf + d->used, d->size - d->used, cname, st ? st : &bare,
+					 (off_t)next_off);
+	}
+	if (need > d->size - d->used)
+		return 1; /* full: this entry is sent with the next request */
+	d->used += need;
+	return 0;
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct dir_fill d = { .req = req, .c = ctx_of(req), .dir = ino, .plus = plus, .size = size };
+
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	d.buf = malloc(size ? size : 1);
+	if (!d.buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	int r = bf_fs_readdir(d.c->fs, ino, (uint64_t)off, plus, dir_add, &d);
+	/* Entries already in the buffer go out; an error after them shows up again on the next call. */
+	if (r < 0 && d.used == 0)
+		reply_err(req, r);
+	else
+		fuse_reply_buf(req, d.buf, d.used);
+	free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->fh = 0;
+	fi->cache_readdir = 1; /* listings never change: the kernel may keep them */
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+/* ---------------------------------------------------------- file data */
+
+static struct bf_file *file_of(const struct fuse_file_info *fi) { return (struct bf_file *)(uintptr_t)fi->fh; }
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct bf_fuse *c = ctx_of(req);
+	struct bf_file *f = NULL;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	int r = bf_fs_open_file(c->fs, ino, &f);
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)f;
+	fi->keep_cache = 1; /* the data cannot change while mounted */
+	fi->noflush = 1;
+	if (fuse_reply_open(req, fi) != 0)
+		bf_fs_release_file(c->fs, f); /* the open was interrupted: no release will come */
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct bf_fuse *c = ctx_of(req);
+
+	(void)ino;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (size > BF_READ_MAX)
+		size = BF_READ_MAX;
+	char *buf = malloc(size ? size : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ssize_t n = bf_fs_read(c->fs, file_of(fi), buf, size, (uint64_t)off);
+	if (n < 0)
+		reply_err(req, n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n < size ? (size_t)n : size);
+	free(buf);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	bf_fs_release_file(ctx_of(req)->fs, file_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+/* Nothing is ever dirty on a read-only mount. */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+/* ----------------------------------------------------- statfs, xattrs */
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+
+	(void)ino;
+	memset(&st, 0, sizeof(st));
+	int r = bf_fs_statfs(ctx_of(req)->fs, &st);
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+/* Shared tail of getxattr and listxattr: size 0 asks for the size needed; otherwise the value itself. */
+static void reply_sized(fuse_req_t req, ssize_t n, const void *buf, size_t size)
+{
+	if (n < 0)
+		reply_err(req, n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else if ((size_t)n > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_sized(req, bf_fs_getxattr(ctx_of(req)->fs, ino, name, buf, size), buf, size);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_sized(req, bf_fs_listxattr(ctx_of(req)->fs, ino, buf, size), buf, size);
+	free(buf);
+}
+
+/* Called only without default_permissions: then this filesystem enforces no permission bits (documented in
+   the man page), so everything may be read and nothing written. */
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	(void)ino;
+	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+/* ------------------------------------------- everything that would write */
+
+static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+
+static void op_setattr(fuse_req_t req, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *f)
+{
+	(void)i, (void)a, (void)s, (void)f;
+	erofs(req);
+}
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d)
+{
+	(void)p, (void)n, (void)m, (void)d;
+	erofs(req);
+}
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m)
+{
+	(void)p, (void)n, (void)m;
+	erofs(req);
+}
+static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n)
+{
+	(void)p, (void)n;
+	erofs(req);
+}
+static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n)
+{
+	(void)l, (void)p, (void)n;
+	erofs(req);
+}
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn, unsigned f)
+{
+	(void)p, (void)n, (void)np, (void)nn, (void)f;
+	erofs(req);
+}
+static void op_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn)
+{
+	(void)i, (void)np, (void)nn;
+	erofs(req);
+}
+static void op_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t s, off_t o, struct fuse_file_info *f)
+{
+	(void)i, (void)b, (void)s, (void)o, (void)f;
+	erofs(req);
+}
+static void op_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t s, int f)
+{
+	(void)i, (void)n, (void)v, (void)s, (void)f;
+	erofs(req);
+}
+static void op_removexattr(fuse_req_t req, fuse_ino_t i, const char *n)
+{
+	(void)i, (void)n;
+	erofs(req);
+}
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *f)
+{
+	(void)p, (void)n, (void)m, (void)f;
+	erofs(req);
+}
+static void op_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *f)
+{
+	(void)i, (void)m, (void)o, (void)l, (void)f;
+	erofs(req);
+}
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fuse_file_info *f, fuse_ino_t io,
+			       off_t oo, struct fuse_file_info *fo, size_t l, int fl)
+{
+	(void)i, (void)o, (void)f, (void)io, (void)oo, (void)fo, (void)l, (void)fl;
+	erofs(req);
+}
+
+const struct fuse_lowlevel_ops bf_fuse_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.readlink = op_readlink,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsync,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.flush = op_flush,
+	.fsync = op_fsync,
+	.statfs = op_statfs,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.access = op_access,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_unlink,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.write = op_write,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+	.fallocate = op_fallocate,
+	.copy_file_range = op_copy_file_range,
+};
