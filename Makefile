@@ -34,13 +34,13 @@ PROGRAMS := btrfs-fuse $(if $(INSPECT_SRC),btrfs-fuse-inspect)
 all: $(PROGRAMS)
 
 btrfs-fuse: $(B)/btrfs-fuse
-	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse btrfs-fuse; fi
+	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse btrfs-fuse.tmp && mv -f btrfs-fuse.tmp btrfs-fuse; fi
 
 $(B)/btrfs-fuse: $(FUSE_OBJ) $(B)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 btrfs-fuse-inspect: $(B)/btrfs-fuse-inspect
-	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse-inspect btrfs-fuse-inspect; fi
+	@if [ "$(B)" = build ]; then cp $(B)/btrfs-fuse-inspect btrfs-fuse-inspect.tmp && mv -f btrfs-fuse-inspect.tmp btrfs-fuse-inspect; fi
 
 $(B)/btrfs-fuse-inspect: $(INSPECT_OBJ) $(B)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -15,7 +15,8 @@
  *   RAID5: 2 (1 = data as stored, 2 = the data stripe rebuilt from the other data stripes and P).
  *   RAID6: num_stripes (1 = as stored, 2 = rebuilt from P, 3 = rebuilt from Q, k > 3 = rebuilt from P and Q
  *          treating the target stripe and data stripe (k - 4) (skipping the target) as both lost).
- *   A copy on a missing device fails with -EIO at once (for RAID5/6 mirror 1 rebuilds it from parity instead).
+ *   A copy on a missing device is replaced, piece by piece, by the next present copy; RAID5/6 rebuild it from
+ *   the parity that is present.
  *
  * Thread safety: reads may run concurrently; the chunk map is guarded by a rwlock for the coming write path.
  */
@@ -82,7 +83,8 @@ int bf_dev_flush(const struct bf_device *dev);
 /* ---- the volume ---- */
 void bf_vol_init(struct bf_volume *v, const uint8_t fsid[BF_FSID_SIZE], uint32_t sectorsize, uint64_t num_devices);
 void bf_vol_destroy(struct bf_volume *v); /* closes the devices' fds and frees everything */
-/* Register an opened device (takes ownership of fd and a copy of path). -EEXIST for a duplicate devid. */
+/* Register an opened device (on success takes ownership of fd and keeps a copy of path; on failure the caller
+   still owns fd). -EEXIST for a duplicate devid. */
 int bf_vol_add_device(struct bf_volume *v, const char *path, int fd, uint64_t size, const struct bf_dev_item *di,
 		      uint64_t generation, char *err, size_t errlen);
 struct bf_device *bf_vol_find_device(const struct bf_volume *v, uint64_t devid);
@@ -108,11 +110,13 @@ const struct bf_chunk_map *bf_vol_find_chunk(const struct bf_volume *v, uint64_t
 /* Number of mirrors for reads of logical (see the table above); 0 if unmapped. */
 int bf_vol_num_copies(const struct bf_volume *v, uint64_t logical);
 /* Read len bytes at logical using copy `mirror` (1-based). The range may span stripes but must lie inside one
-   chunk. Returns 0, -EIO (device error, missing device, unmapped or out-of-range address), or -EINVAL. */
+   chunk. Returns 0, -EIO (device error, missing device, unmapped or out-of-range address), -ENOMEM (RAID5/6
+   rebuild buffer), or -EINVAL. */
 int bf_vol_read(const struct bf_volume *v, uint64_t logical, void *buf, size_t len, int mirror);
 /* Write len bytes at logical to every copy (write path; RAID5/6 return -EROFS for now). */
 int bf_vol_write(const struct bf_volume *v, uint64_t logical, const void *buf, size_t len);
-/* Describe where logical lands on each device for mirror (for messages and the inspector). */
+/* Describe where logical lands for mirror (for messages and the inspector). For RAID5/6, mirror 2 names the P
+   stripe and mirror 3 the Q stripe; other mirrors name the data stripe. */
 int bf_vol_map(const struct bf_volume *v, uint64_t logical, int mirror, uint64_t *devid, uint64_t *physical);
 
 /* Names for messages: "single", "DUP", "RAID1", ...; "data", "metadata", "system", "data+metadata". */

@@ -202,10 +202,9 @@ static int bootstrap(struct bf_fsinfo *fi, const struct bf_open_opts *o, char *e
 			o->cache_bytes ? o->cache_bytes : DEFAULT_CACHE_BYTES);
 	if (r)
 		return bf_err(err, errlen, r, "cannot set up the tree-block cache");
-	/* The system chunks must be resolvable before the chunk tree can be read. */
-	r = bf_vol_resolve_devices(&fi->vol, o->degraded, err, errlen);
-	if (!r)
-		r = load_chunk_tree(fi, err, errlen);
+	/* bf_vol_add_chunk points stripes at the devices given; absent ones get placeholders whose reads fail, so
+	   the chunk tree is read from whatever copies are present, and the missing-device check follows. */
+	r = load_chunk_tree(fi, err, errlen);
 	if (!r)
 		r = bf_vol_resolve_devices(&fi->vol, o->degraded, err, errlen);
 	if (!r)

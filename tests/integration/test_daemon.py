@@ -391,8 +391,6 @@ def test_second_instance_refused(image, mnt, mnt2):
     assert "hello.txt" in os.listdir(mnt)
 
 
-@pytest.mark.xfail(strict=False, reason="the flock on image files does not see a kernel mount through a loop "
-                   "device; alloc/platform_linux.c must also refuse an image backing a mounted loop device")
 def test_kernel_mounted_refused(image, mnt):
     with mounts.kernel_mount(image, "ro"):
         p = start([image, mnt])
