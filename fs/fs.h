@@ -7,7 +7,7 @@
  * Node ids and st_ino (see docs/ARCHITECTURE.md, "Inode numbers"):
  *   node id 1 (FUSE's root) is the root directory of the mounted subvolume.
  *   Inside the mounted subvolume, st_ino = node id = the on-disk objectid (the root directory: st_ino 256).
- *   In any other subvolume S (id < 2^16) with objectid O (< 2^48): st_ino = node id = (S << 48) | O, so no two
+ *   In any other subvolume S (id < 2^15) with objectid O (< 2^48): st_ino = node id = (S << 48) | O, so no two
  *   files of the mount share an st_ino and tar, du and find never mistake subvolumes' files for hard links.
  *   Larger ids are mapped through a table to unique numbers at or above 2^63.
  *
@@ -53,7 +53,8 @@ ssize_t bf_fs_readlink(struct bf_fs *fs, uint64_t nodeid, char *buf, size_t size
 
 /* Directory listing. Offsets: 0 = start, then the offset returned with each entry resumes after it.
    "." and ".." come first. cb returns non-zero to stop (the caller's buffer is full); that entry is not
-   consumed. st is filled only when plus is true. */
+   consumed. st is never NULL: with plus it is the full stat, without plus only st_ino and the file-type bits
+   of st_mode (from the directory entry) are set. */
 typedef int (*bf_dirent_cb)(void *ctx, const char *name, size_t namelen, uint64_t nodeid, uint64_t generation,
 			    const struct stat *st, uint64_t next_off);
 int bf_fs_readdir(struct bf_fs *fs, uint64_t nodeid, uint64_t off, bool plus, bf_dirent_cb cb, void *ctx);
