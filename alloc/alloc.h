@@ -123,4 +123,60 @@ int bf_vol_map(const struct bf_volume *v, uint64_t logical, int mirror, uint64_t
 const char *bf_profile_name(uint64_t type);
 const char *bf_bg_type_name(uint64_t type);
 
+/* ================= the extent allocator (alloc/extalloc*.c, alloc/bgroup.c, alloc/delayed_ref.c, ...) ===========
+ *
+ * Block groups with their free space in memory; allocation of tree blocks (implements the btree layer's
+ * struct bf_alloc_ops) and of data extents; new chunks when block groups fill; extent references kept exactly
+ * as the kernel keeps them, batched as delayed references and applied to the extent tree at commit; the free
+ * space tree (or, for v1 space cache images, its invalidation); block group used bytes, the superblock's
+ * bytes_used and devices' bytes_used. Extents freed in a transaction are pinned until it commits.
+ * This part sits beside the btree layer (it changes the extent, free-space, block-group, chunk and device
+ * trees through btree/btree.h); the btree layer reaches it only through struct bf_alloc_ops.
+ */
+struct bf_trans;
+struct bf_root;
+struct bf_tree_env;
+struct bf_alloc_ops;
+struct bf_extalloc;
+
+/* The global trees the allocator changes; pointers to the journal's live roots (NULL where a tree is absent). */
+struct bf_extalloc_roots {
+	struct bf_root *extent, *chunk, *dev, *free_space, *block_group;
+};
+
+/* Load the block groups and their free space (from the free space tree, else by scanning the extent tree). */
+int bf_extalloc_open(struct bf_tree_env *env, struct bf_volume *vol, struct bf_super *super,
+		     const struct bf_extalloc_roots *roots, struct bf_extalloc **out, char *err, size_t errlen);
+void bf_extalloc_close(struct bf_extalloc *ea);
+/* The ops the btree layer uses for tree blocks; ctx is the struct bf_extalloc. */
+const struct bf_alloc_ops *bf_extalloc_tree_ops(void);
+/* A transaction starts: new allocations belong to t. */
+void bf_extalloc_begin(struct bf_extalloc *ea, struct bf_trans *t);
+
+/* Allocate a data extent of up to len bytes (sector multiple), contiguous, near hint if possible. *got is the
+   length granted (>= one sector). -ENOSPC if no data space is left and no chunk can be made. */
+int bf_extalloc_data(struct bf_extalloc *ea, uint64_t len, uint64_t hint, uint64_t *bytenr, uint64_t *got);
+/* Give back the unused tail or all of a data extent allocated in this transaction that was never referenced. */
+void bf_extalloc_data_unused(struct bf_extalloc *ea, uint64_t bytenr, uint64_t len);
+/* Queue a change of the data extent's reference from (root, inode, file offset - extent offset) by delta (+1 a
+   new file extent item points at it, -1 one stopped). The extent item is created on the first reference and
+   deleted (space pinned until commit) when the count reaches zero. */
+int bf_extalloc_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_bytes, uint64_t root,
+			 uint64_t inode, uint64_t offset, int delta);
+
+/* Commit steps, called by the journal in order: apply every queued reference change (changing the extent
+   tree, block group items and free space tree, which queues more; loops until none is left); after the
+   superblocks are on disk: unpin. On abort: forget the queue and what was allocated in the transaction. */
+int bf_extalloc_run_delayed(struct bf_extalloc *ea, struct bf_trans *t);
+void bf_extalloc_committed(struct bf_extalloc *ea);
+void bf_extalloc_abort(struct bf_extalloc *ea);
+
+/* Space: bytes_used for the superblock; free data and metadata bytes for ENOSPC decisions and statfs.
+   Metadata reservation: a writer reserves room for the tree blocks its change may need before starting it, so
+   that a full filesystem fails the write with -ENOSPC and never a commit (a global reserve is kept back). */
+uint64_t bf_extalloc_bytes_used(const struct bf_extalloc *ea);
+int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items);
+void bf_extalloc_release_meta(struct bf_extalloc *ea, uint64_t items);
+uint64_t bf_extalloc_free_data(const struct bf_extalloc *ea);
+
 #endif

@@ -65,4 +65,46 @@ void bf_fsinfo_close(struct bf_fsinfo *fi);
    item's end. */
 int bf_find_root(struct bf_fsinfo *fi, uint64_t objectid, struct bf_root *root, struct bf_root_item *item);
 
+/* ================= transactions and commit (journal/trans.c, journal/commit.c) =================
+ *
+ * One transaction runs at a time. Every change to the filesystem happens between bf_txn_begin and bf_txn_end
+ * while the caller holds the filesystem's write lock (fs/ takes it: readers shared, writers and the commit
+ * exclusive). A transaction collects the changed roots; bf_commit writes them out:
+ *   1. flush delayed data (the fs layer's flush hook, so buffered file data gets its extents first);
+ *   2. run the queued extent-reference changes (alloc), which may change more trees, until nothing is queued;
+ *   3. update the root items of changed trees in the root tree (and those changes' own references: repeat 2);
+ *   4. write every dirty tree block (checksummed), flush all devices;
+ *   5. write every superblock copy on every device (generation, roots, backup roots as the kernel rotates
+ *      them, bytes_used, device items), flush;
+ *   6. unpin the extents freed in this transaction (they may be reused from now on).
+ * A failure in 2-5 aborts: the filesystem turns read-only with a message saying why; the on-disk state stays
+ * the last committed one.
+ */
+struct bf_trans;      /* btree/btree.h */
+struct bf_extalloc;   /* alloc/alloc.h: the extent allocator */
+
+struct bf_journal;    /* private to journal/: running transaction, dirty roots, commit thread */
+
+/* Prepare fi for writing (fi must have been opened writable): open the extent allocator, start the
+   transaction machinery. flush_cb is called at the start of each commit with the write lock held (the fs
+   layer writes buffered data there). commit_interval in seconds (0 = default 30). */
+int bf_journal_open(struct bf_fsinfo *fi, int (*flush_cb)(void *arg), void *flush_arg, unsigned commit_interval,
+		    char *err, size_t errlen);
+/* Commit what is pending and stop. */
+int bf_journal_close(struct bf_fsinfo *fi);
+
+/* Start (or join) the running transaction. The caller holds the fs write lock until bf_txn_end. */
+int bf_txn_begin(struct bf_fsinfo *fi, struct bf_trans **t);
+/* Leave the transaction; commits if dirty memory passed its bound or a commit is due. */
+int bf_txn_end(struct bf_fsinfo *fi, struct bf_trans *t);
+/* The live, changeable root of tree `objectid` (a subvolume, or csum/uuid/root tree) in this transaction:
+   btree calls update it in place, and the commit writes it into its root item. -ENOENT if no such tree. */
+int bf_txn_root(struct bf_fsinfo *fi, struct bf_trans *t, uint64_t objectid, struct bf_root **root);
+/* The extent allocator (data extents and their references). */
+struct bf_extalloc *bf_txn_alloc(struct bf_fsinfo *fi);
+/* Commit now (sync, fsync, unmount). The caller holds the fs write lock. */
+int bf_commit(struct bf_fsinfo *fi);
+/* True once a write error has turned the filesystem read-only; why says why. */
+bool bf_journal_failed(const struct bf_fsinfo *fi, const char **why);
+
 #endif
