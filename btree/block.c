@@ -312,6 +312,8 @@ static int read_uncached(struct bf_tree_env *env, uint64_t bytenr, const struct 
 	if (used > 1)
 		bf_log(BF_LOG_WARN, "tree block %" PRIu64 ": mirror 1 bad (%s), using mirror %d", bytenr, r.first, used);
 	decode_header(b->data, b);
+	bf_trace("block_read", "\"bytenr\":%" PRIu64 ",\"owner\":%" PRIu64 ",\"level\":%u,\"generation\":%" PRIu64
+		 ",\"mirror\":%d", bytenr, b->owner, b->level, b->generation, used);
 	*out = bf_cache_insert(env->cache, b);
 	return 0;
 }

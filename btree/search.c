@@ -208,7 +208,14 @@ int bf_search(struct bf_tree_env *env, const struct bf_root *root, const struct 
 			return ret;
 	}
 	found = bf_path_key(p);
-	return bf_key_cmp(&found, key) == 0 ? 0 : 1;
+	ret = bf_key_cmp(&found, key) == 0 ? 0 : 1;
+	if (bf_trace_enabled())
+		bf_trace("search",
+			 "\"tree\":%" PRIu64 ",\"key\":[%" PRIu64 ",%u,%" PRIu64 "],\"leaf\":%" PRIu64 ",\"slot\":%u,"
+			 "\"found\":%s",
+			 root->objectid, key->objectid, key->type, key->offset, p->nodes[0]->bytenr, p->slots[0],
+			 ret ? "false" : "true");
+	return ret;
 }
 
 int bf_search_le(struct bf_tree_env *env, const struct bf_root *root, const struct bf_key *key, struct bf_path *p)

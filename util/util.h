@@ -38,6 +38,20 @@ static inline uint64_t bf_min64(uint64_t a, uint64_t b) { return a < b ? a : b; 
 static inline uint64_t bf_max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static inline uint64_t bf_round_down(uint64_t x, uint64_t align) { return x - x % align; }
 
+/* ---- the event trace (-o trace=FILE, util/trace.c) ----
+ * One JSON object per line: {"t": seconds since the trace started, "transid": N, "event": "...", fields...}.
+ * bf_trace is cheap when tracing is off (one relaxed atomic load). Thread-safe; each line is written whole. */
+int bf_trace_open(const char *path); /* 0 or -errno */
+void bf_trace_close(void);
+bool bf_trace_enabled(void);
+/* The transaction id stamped on later events (the journal sets it; on read-only mounts: the generation). */
+void bf_trace_set_transid(uint64_t transid);
+/* fmt gives the remaining JSON members, e.g. bf_trace("search", "\"tree\":%llu", id). Strings that come from
+   the image or the user must go through bf_trace_str. */
+void bf_trace(const char *event, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* JSON-escape s (len bytes) into buf; returns buf. */
+const char *bf_trace_str(const char *s, size_t len, char *buf, size_t buflen);
+
 /* Format a UUID as the usual 36-character text into buf (at least 37 bytes). */
 void bf_uuid_str(const uint8_t uuid[16], char *buf);
 
