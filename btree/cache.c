@@ -2,7 +2,8 @@
  * btree/cache.c - the tree-block cache and the btree environment that owns it.
  *
  * Owns: bf_env_init/destroy, the cache of validated tree blocks (a hash table keyed by logical address),
- * reference counting (bf_block_get/put) and the statistics.
+ * reference counting (bf_block_get/put), the statistics, and for the write path the publishing of new blocks
+ * and the dropping of freed ones.
  *
  * Key idea: a block is either referenced (refs > 0: some path or caller uses it, never evicted) or idle
  * (refs == 0: it sits on an LRU list, oldest first). When the cached bytes exceed the cap, idle blocks are freed
@@ -12,6 +13,11 @@
  * refs is changed with atomic operations: under the lock for every 0 <-> 1 transition (which moves the block
  * off or onto the LRU list), and lock-free in bf_block_get, which is only legal for a caller that already
  * holds a reference and so can never see a 0 -> 1 transition.
+ * The write path adds blocks that are not on disk yet (bf_cache_insert_new): the transaction holds a reference
+ * to each until it is written, so they are never evicted. A block a tree lets go of is dropped (bf_cache_drop):
+ * it leaves the table at once - a later lookup of its address misses, so when the allocator hands the address
+ * out again nobody sees the old content - and is marked stale, so the last bf_block_put frees it instead of
+ * parking it on the LRU list.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -74,6 +80,15 @@ static void table_remove(struct bf_cache *c, struct bf_block *b)
 	if (*pp)
 		*pp = b->hash_next;
 	b->hash_next = NULL;
+}
+
+static void table_add(struct bf_cache *c, struct bf_block *b)
+{
+	size_t i = bucket_of(c, b->bytenr);
+
+	b->hash_next = c->buckets[i];
+	c->buckets[i] = b;
+	c->bytes += c->block_bytes;
 }
 
 static void lru_unlink(struct bf_cache *c, struct bf_block *b)
@@ -186,19 +201,15 @@ struct bf_block *bf_cache_lookup(struct bf_cache *c, uint64_t bytenr)
 struct bf_block *bf_cache_insert(struct bf_cache *c, struct bf_block *b)
 {
 	struct bf_block *old;
-	size_t i;
 
 	pthread_mutex_lock(&c->lock);
 	old = table_find(c, b->bytenr);
 	if (old) {
 		ref_locked(c, old);
 	} else {
-		i = bucket_of(c, b->bytenr);
 		b->refs = 1;
 		b->lru_prev = b->lru_next = NULL;
-		b->hash_next = c->buckets[i];
-		c->buckets[i] = b;
-		c->bytes += c->block_bytes;
+		table_add(c, b);
 		evict_locked(c);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -206,6 +217,53 @@ struct bf_block *bf_cache_insert(struct bf_cache *c, struct bf_block *b)
 		return b;
 	bf_block_free(b);
 	return old;
+}
+
+/* Take b out of the table; if idle, free it now (returned, to be freed outside the lock), else mark it stale so
+   its last bf_block_put frees it. */
+static struct bf_block *drop_locked(struct bf_cache *c, struct bf_block *b)
+{
+	if (b->stale)
+		return NULL;
+	table_remove(c, b);
+	c->bytes -= c->block_bytes;
+	b->stale = true;
+	if (__atomic_load_n(&b->refs, __ATOMIC_ACQUIRE) > 0)
+		return NULL;
+	lru_unlink(c, b);
+	return b;
+}
+
+int bf_cache_insert_new(struct bf_cache *c, struct bf_block *b)
+{
+	struct bf_block *old, *idle = NULL;
+
+	pthread_mutex_lock(&c->lock);
+	old = table_find(c, b->bytenr);
+	if (old && old->dirty_trans) {
+		pthread_mutex_unlock(&c->lock);
+		return -EEXIST;
+	}
+	if (old)
+		idle = drop_locked(c, old);
+	b->refs = 1;
+	b->stale = false;
+	b->lru_prev = b->lru_next = NULL;
+	table_add(c, b);
+	evict_locked(c);
+	pthread_mutex_unlock(&c->lock);
+	bf_block_free(idle);
+	return 0;
+}
+
+void bf_cache_drop(struct bf_cache *c, struct bf_block *b)
+{
+	struct bf_block *idle;
+
+	pthread_mutex_lock(&c->lock);
+	idle = drop_locked(c, b);
+	pthread_mutex_unlock(&c->lock);
+	bf_block_free(idle);
 }
 
 /* ---- references ---- */
@@ -227,6 +285,11 @@ void bf_block_put(struct bf_tree_env *env, struct bf_block *b)
 		return;
 	}
 	if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+		if (b->stale) {
+			pthread_mutex_unlock(&c->lock);
+			bf_block_free(b);
+			return;
+		}
 		lru_append(c, b);
 		evict_locked(c);
 	}
@@ -243,6 +306,19 @@ void bf_cache_stats(const struct bf_tree_env *env, struct bf_cache_stats *st)
 	st->evictions = c->evictions;
 	st->bytes = c->bytes;
 	pthread_mutex_unlock(&c->lock);
+}
+
+size_t bf_cache_busy(const struct bf_tree_env *env)
+{
+	struct bf_cache *c = env->cache;
+	size_t busy = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->nbuckets; i++)
+		for (const struct bf_block *b = c->buckets[i]; b; b = b->hash_next)
+			busy += __atomic_load_n(&b->refs, __ATOMIC_ACQUIRE) > 0;
+	pthread_mutex_unlock(&c->lock);
+	return busy;
 }
 
 /* ---- the environment ---- */
