@@ -202,9 +202,11 @@ static int bootstrap(struct bf_fsinfo *fi, const struct bf_open_opts *o, char *e
 			o->cache_bytes ? o->cache_bytes : DEFAULT_CACHE_BYTES);
 	if (r)
 		return bf_err(err, errlen, r, "cannot set up the tree-block cache");
-	/* bf_vol_add_chunk points stripes at the devices given; absent ones get placeholders whose reads fail, so
-	   the chunk tree is read from whatever copies are present, and the missing-device check follows. */
-	r = load_chunk_tree(fi, err, errlen);
+	/* Missing devices are named before the chunk tree is read (a system chunk that lost too many devices would
+	   otherwise show up as an unreadable tree block), and again after it maps every chunk. */
+	r = bf_vol_resolve_devices(&fi->vol, o->degraded, err, errlen);
+	if (!r)
+		r = load_chunk_tree(fi, err, errlen);
 	if (!r)
 		r = bf_vol_resolve_devices(&fi->vol, o->degraded, err, errlen);
 	if (!r)

@@ -17,6 +17,9 @@
 #include "journal/journal.h"
 #include "util/util.h"
 
+/* More devices than any real btrfs filesystem has: a larger num_devices is corruption. */
+#define BF_MAX_DEVICES 65536u
+
 static const char *const incompat_names[] = {
 	"mixed-backref", "default-subvol", "mixed-bg",	   "compress-lzo", "compress-zstd",	"big-metadata",
 	"extref",	 "raid56",	   "skinny-metadata", "no-holes",     "metadata-uuid",	"raid1c34",
@@ -97,6 +100,9 @@ static int check_sizes(const struct bf_super *sb, char *err, size_t errlen)
 		return bf_err(err, errlen, -EINVAL, "root tree or chunk tree address is zero");
 	if (!get64(sb->num_devices) || !get64(sb->total_bytes) || !get64(sb->generation))
 		return bf_err(err, errlen, -EINVAL, "zero num_devices, total_bytes or generation");
+	if (get64(sb->num_devices) > BF_MAX_DEVICES)
+		return bf_err(err, errlen, -EINVAL, "implausible num_devices %llu (at most %u supported)",
+			      (unsigned long long)get64(sb->num_devices), BF_MAX_DEVICES);
 	return 0;
 }
 
@@ -143,7 +149,7 @@ static int read_copy(int fd, int i, struct bf_super *sb, char *err, size_t errle
 int bf_super_read(int fd, uint64_t devsize, struct bf_super *out, int *copy, char *err, size_t errlen)
 {
 	char why0[256] = "";
-	int best = -1, ret = -EINVAL;
+	int best = -1;
 	uint64_t best_gen = 0;
 	static struct bf_super tmp_zero;
 	struct bf_super sb = tmp_zero;
@@ -152,10 +158,11 @@ int bf_super_read(int fd, uint64_t devsize, struct bf_super *out, int *copy, cha
 			break;
 		char why[256];
 		int r = read_copy(fd, i, &sb, why, sizeof(why));
-		if (i == 0 && r) {
+		/* An intact superblock that asks for features we lack is a refusal, not damage: no fallback. */
+		if (r == -EOPNOTSUPP)
+			return bf_err(err, errlen, r, "%s", why);
+		if (i == 0 && r)
 			snprintf(why0, sizeof(why0), "%s", why);
-			ret = r;
-		}
 		if (r || get64(sb.generation) <= best_gen)
 			continue;
 		best = i;
@@ -166,7 +173,7 @@ int bf_super_read(int fd, uint64_t devsize, struct bf_super *out, int *copy, cha
 		if (!why0[0])
 			snprintf(why0, sizeof(why0), "device too small (%llu bytes) for a superblock",
 				 (unsigned long long)devsize);
-		return bf_err(err, errlen, ret == -EOPNOTSUPP ? ret : -EINVAL, "%s", why0);
+		return bf_err(err, errlen, -EINVAL, "%s", why0);
 	}
 	if (why0[0])
 		bf_log(BF_LOG_WARN, "primary superblock is bad (%s); using copy %d at byte %llu (generation %llu)",
