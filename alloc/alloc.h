@@ -130,8 +130,9 @@ const char *bf_bg_type_name(uint64_t type);
  * as the kernel keeps them, batched as delayed references and applied to the extent tree at commit; the free
  * space tree (or, for v1 space cache images, its invalidation); block group used bytes, the superblock's
  * bytes_used and devices' bytes_used. Extents freed in a transaction are pinned until it commits.
- * This part sits beside the btree layer (it changes the extent, free-space, block-group, chunk and device
- * trees through btree/btree.h); the btree layer reaches it only through struct bf_alloc_ops.
+ * This part sits beside the btree layer (it changes the extent, free-space, block-group, chunk, device and
+ * checksum trees through btree/btree.h); the btree layer reaches it only through struct bf_alloc_ops.
+ * Not thread-safe: the caller serializes every call (the fs write lock; statfs may read under the read lock).
  */
 struct bf_trans;
 struct bf_root;
@@ -139,42 +140,69 @@ struct bf_tree_env;
 struct bf_alloc_ops;
 struct bf_extalloc;
 
-/* The global trees the allocator changes; pointers to the journal's live roots (NULL where a tree is absent). */
+/* The global trees the allocator changes; pointers to the journal's live roots (NULL where a tree is absent).
+   The allocator changes them only through btree calls inside bf_extalloc_run_delayed. */
 struct bf_extalloc_roots {
 	struct bf_root *extent, *chunk, *dev, *free_space, *block_group;
 };
 
-/* Load the block groups and their free space (from the free space tree, else by scanning the extent tree). */
+/* Load the block groups (one BLOCK_GROUP_ITEM per chunk of vol), each device's DEV_EXTENTs and DEV_ITEM, and the
+   free space (the free space tree when compat_ro FREE_SPACE_TREE is set, else a scan of the extent tree),
+   checking every item. super is the superblock the journal writes at commit: bytes_used, dev_item.bytes_used,
+   sys_chunk_array(_size) and cache_generation are kept up to date in it (the journal must not change those
+   fields itself). env->chunk_tree_uuid must be set (new device extents carry it). Errors: -EUCLEAN (a corrupt
+   item; err says which), -EROFS (features whose trees cannot be kept: extent-tree-v2, zoned, raid-stripe-tree,
+   simple quotas, or a free space tree marked not valid), -ENOMEM, or a read error. */
 int bf_extalloc_open(struct bf_tree_env *env, struct bf_volume *vol, struct bf_super *super,
 		     const struct bf_extalloc_roots *roots, struct bf_extalloc **out, char *err, size_t errlen);
 void bf_extalloc_close(struct bf_extalloc *ea);
-/* The ops the btree layer uses for tree blocks; ctx is the struct bf_extalloc. */
+/* The checksum tree's live root (NULL: none). When the last reference of a data extent goes, its checksums are
+   deleted from it at commit, as the kernel's __btrfs_free_extent does; without it they would be left behind. */
+void bf_extalloc_set_csum_root(struct bf_extalloc *ea, struct bf_root *csum);
+/* The ops the btree layer uses for tree blocks; ctx is the struct bf_extalloc. Tree blocks are nodesize-aligned,
+   from SYSTEM block groups for the chunk tree (owner 3) and METADATA (or mixed) groups for every other tree.
+   tree_block_cowed does the kernel's update_ref_for_cow for blocks snapshots share; changing the relocation tree
+   is refused with -EROFS. */
 const struct bf_alloc_ops *bf_extalloc_tree_ops(void);
-/* A transaction starts: new allocations belong to t. */
+/* A transaction starts: new allocations belong to t (call before any op or data call of t). */
 void bf_extalloc_begin(struct bf_extalloc *ea, struct bf_trans *t);
 
-/* Allocate a data extent of up to len bytes (sector multiple), contiguous, near hint if possible. *got is the
-   length granted (>= one sector). -ENOSPC if no data space is left and no chunk can be made. */
+/* Allocate a data extent of up to len bytes (sector multiple), contiguous, near hint if possible (0: after the
+   last data allocation). *got is the length granted (>= one sector; shorter than len only when no free run of
+   len is left, after trying a new chunk). -ENOSPC if no data space is left and no chunk can be made. */
 int bf_extalloc_data(struct bf_extalloc *ea, uint64_t len, uint64_t hint, uint64_t *bytenr, uint64_t *got);
-/* Give back the unused tail or all of a data extent allocated in this transaction that was never referenced. */
+/* Give back the unused tail [bytenr, end) or all of a data extent allocated in this transaction that was never
+   referenced; it is reusable at once. Misuse is logged and fails the next commit. */
 void bf_extalloc_data_unused(struct bf_extalloc *ea, uint64_t bytenr, uint64_t len);
 /* Queue a change of the data extent's reference from (root, inode, file offset - extent offset) by delta (+1 a
-   new file extent item points at it, -1 one stopped). The extent item is created on the first reference and
-   deleted (space pinned until commit) when the count reaches zero. */
+   new file extent item points at it, -1 one stopped). bytenr/num_bytes are the extent's (disk_bytenr,
+   disk_num_bytes): for an extent allocated in this transaction, exactly what bf_extalloc_data granted less any
+   tail given back. The extent item is created on the first reference and deleted when the count reaches zero;
+   then its checksums are deleted and its space pinned until commit. Changes of the same reference merge, so +1
+   then -1 in one transaction never reaches the tree. -EINVAL for impossible arguments, -EUCLEAN for an extent
+   known with another length or kind, -ENOMEM. */
 int bf_extalloc_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_bytes, uint64_t root,
 			 uint64_t inode, uint64_t offset, int delta);
 
 /* Commit steps, called by the journal in order: apply every queued reference change (changing the extent
-   tree, block group items and free space tree, which queues more; loops until none is left); after the
-   superblocks are on disk: unpin. On abort: forget the queue and what was allocated in the transaction. */
+   tree, block group items and free space tree, inserting the items of chunks made in this transaction, which
+   queues more; loops until none is left, at most 64 rounds, then -EUCLEAN); it may be called again after more
+   changes (root items). Any error means the transaction must be aborted. After the superblocks are on disk:
+   committed (unpins). On abort (after bf_trans_abort, the roots back at the last commit): forget the queue, what
+   was allocated, the chunks made and every in-memory change since the last commit. */
 int bf_extalloc_run_delayed(struct bf_extalloc *ea, struct bf_trans *t);
 void bf_extalloc_committed(struct bf_extalloc *ea);
 void bf_extalloc_abort(struct bf_extalloc *ea);
 
-/* Space: bytes_used for the superblock; free data and metadata bytes for ENOSPC decisions and statfs.
-   Metadata reservation: a writer reserves room for the tree blocks its change may need before starting it, so
-   that a full filesystem fails the write with -ENOSPC and never a commit (a global reserve is kept back). */
+/* Space: bytes_used for the superblock; free data bytes (free in data groups plus what new chunks could add)
+   for statfs. Metadata reservation: a writer reserves room for the tree blocks its change may need before
+   starting it (items * nodesize * BF_MAX_LEVEL * 2, the kernel's btrfs_calc_insert_metadata_size), so that a full
+   filesystem fails the write with -ENOSPC and never a commit: what stays free must cover the global reserve
+   (sized like the kernel's), all outstanding reservations and the queued changes' commit; a metadata chunk is
+   made first if that helps. On -ENOSPC a commit (which unpins freed space) may make room: commit and retry once. */
 uint64_t bf_extalloc_bytes_used(const struct bf_extalloc *ea);
+/* DEV_ITEM.bytes_used of a device (for the dev_item of each device's superblock); 0 for an unknown devid. */
+uint64_t bf_extalloc_dev_bytes_used(const struct bf_extalloc *ea, uint64_t devid);
 int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items);
 void bf_extalloc_release_meta(struct bf_extalloc *ea, uint64_t items);
 uint64_t bf_extalloc_free_data(const struct bf_extalloc *ea);
