@@ -207,4 +207,15 @@ int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items);
 void bf_extalloc_release_meta(struct bf_extalloc *ea, uint64_t items);
 uint64_t bf_extalloc_free_data(const struct bf_extalloc *ea);
 
+/* ---- read-only views for statfs (alloc/extalloc_query.c) ---- */
+struct bf_extalloc_bg_info {
+	uint64_t start, length, flags; /* flags: BF_BLOCK_GROUP_* type and profile */
+	uint64_t used; /* in the extent tree, plus allocated in the running transaction (freed ones count until commit) */
+};
+/* cb returns 0 to go on, > 0 to stop (for_each then returns 0), < 0 to fail (returned as is). */
+typedef int (*bf_extalloc_bg_cb)(void *ctx, const struct bf_extalloc_bg_info *bg);
+/* Call cb for every block group in address order, those made in the running transaction included (their items
+   are inserted at commit). The fs lock held shared is enough: no allocator call runs meanwhile. */
+int bf_extalloc_for_each_bg(const struct bf_extalloc *ea, bf_extalloc_bg_cb cb, void *ctx);
+
 #endif

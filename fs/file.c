@@ -16,7 +16,8 @@
  * [0, round_up(ram_bytes, sectorsize)), its payload ram_bytes bytes or, compressed, decoded whole; a regular
  * extent reads disk_bytenr + offset + (pos - key offset), or when compressed the whole disk extent decoded to
  * ram_bytes and then [offset + (pos - key offset)); disk_bytenr 0 and prealloc read as zeros.
- * Caches are valid while the subvolume does not change (the read-only mount); the write path must drop them.
+ * Writes (fs/write.c): bytes written but not yet flushed are read from the dirty-range map instead of the
+ * extents, and the caches are dropped whenever bf_data_seq says a file extent changed.
  */
 #include <errno.h>
 #include <limits.h>
@@ -28,6 +29,7 @@
 #include "fs/compress.h"
 #include "fs/datacsum.h"
 #include "fs/internal.h"
+#include "fs/write.h"
 #include "util/util.h"
 
 #define EMAP_MAX 32
@@ -60,9 +62,10 @@ struct bf_file {
 	struct bf_root root;
 	uint64_t subvol, objectid;
 	struct bf_inode_item ii;
-	pthread_mutex_t lock; /* guards map and z */
+	pthread_mutex_t lock; /* guards map, z and seq */
 	struct emap map;
 	struct zcache z;
+	uint64_t seq; /* bf_data_seq when map and z were filled: a write since then drops them */
 };
 
 /* The state of one read call. */
@@ -558,34 +561,104 @@ int bf_fs_open_file(struct bf_fs *fs, uint64_t nodeid, struct bf_file **out)
 	}
 	f->subvol = subvol;
 	f->objectid = ino;
+	bf_open_get(fs, subvol, ino);
 	*out = f;
 	return 0;
 }
 
+void bf_file_ident(const struct bf_file *f, uint64_t *root, uint64_t *ino)
+{
+	*root = f->subvol;
+	*ino = f->objectid;
+}
+
+/* Forget the file's cached extent map and decompressed extent if a file extent changed since they were made.
+   (Readers hold the fs lock shared and writers exclusively, so the sequence cannot move during a read.) */
+static void caches_check(struct bf_fs *fs, struct bf_file *f)
+{
+	uint64_t seq = bf_data_seq(fs);
+
+	pthread_mutex_lock(&f->lock);
+	if (f->seq != seq) {
+		f->map.lo = f->map.hi = 0;
+		f->map.n = 0;
+		free(f->z.data);
+		f->z.data = NULL;
+		f->seq = seq;
+	}
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Read [off, off + size): bytes written but not yet flushed come from memory (fs/write.c), the rest from the
+   file's extents. */
+static ssize_t read_with_dirty(struct rd *rd, uint8_t *buf, size_t size, uint64_t off)
+{
+	uint64_t pos = off, end = off + size, ds, de;
+	const uint8_t *data;
+
+	while (pos < end) {
+		bool dirty = bf_data_dirty_next(rd->fs, rd->subvol, rd->ino, pos, end, &ds, &de, &data);
+		uint64_t gap_end = dirty ? ds : end;
+		if (gap_end > pos) {
+			ssize_t r = read_range(rd, buf + (pos - off), (size_t)(gap_end - pos), pos);
+			if (r < 0)
+				return r;
+		}
+		if (dirty)
+			memcpy(buf + (ds - off), data, (size_t)(de - ds));
+		pos = dirty ? de : end;
+	}
+	return (ssize_t)size;
+}
+
 ssize_t bf_fs_read(struct bf_fs *fs, struct bf_file *f, void *buf, size_t size, uint64_t off)
 {
-	uint64_t isize = get64(f->ii.size);
+	struct bf_inode_item ii; /* the inode and root as they are now: writes change both */
+	struct bf_root root;
 	struct rd *rd;
 	ssize_t ret;
+	int r = bf_inode_load(fs, f->subvol, f->objectid, &ii);
 
+	if (r == 0)
+		r = bf_fs_root(fs, f->subvol, &root);
+	if (r < 0)
+		return r;
+	uint64_t isize = get64(ii.size);
 	if (off >= isize || size == 0)
 		return 0;
 	size = (size_t)bf_min64(bf_min64(size, isize - off), SSIZE_MAX);
 	rd = malloc(sizeof(*rd));
 	if (!rd)
 		return -ENOMEM;
-	rd_init(rd, fs, &f->root, f->objectid, &f->ii, f);
+	caches_check(fs, f);
+	rd_init(rd, fs, &root, f->objectid, &ii, f);
 	rd->subvol = f->subvol;
-	ret = read_range(rd, buf, size, off);
+	ret = read_with_dirty(rd, buf, size, off);
 	free(rd);
 	return ret;
 }
 
+/* For the write path (fs/write.h): the read path's decoder and checks, on a bf_fext. */
+int bf_fext_decode(const struct bf_fctx *c, uint64_t pos, const uint8_t *data, uint32_t size, struct bf_fext *out)
+{
+	struct bf_key k = { c->ino, BF_EXTENT_DATA_KEY, pos };
+	struct rd rd = { .fs = c->fs, .subvol = c->subvol, .ino = c->ino };
+	struct fext e;
+	int ret = fext_decode(&rd, &k, data, size, &e);
+
+	if (ret)
+		return ret;
+	*out = (struct bf_fext){ .pos = e.start, .len = e.type == BF_FILE_EXTENT_INLINE ? e.ram_bytes : e.end - e.start,
+				 .disk_bytenr = e.disk_bytenr, .disk_num_bytes = e.disk_num_bytes, .offset = e.offset,
+				 .ram_bytes = e.ram_bytes, .type = e.type, .compression = e.compression };
+	return 0;
+}
+
 void bf_fs_release_file(struct bf_fs *fs, struct bf_file *f)
 {
-	(void)fs;
 	if (!f)
 		return;
+	bf_open_put(fs, f->subvol, f->objectid);
 	pthread_mutex_destroy(&f->lock);
 	free(f->z.data);
 	free(f);

@@ -114,13 +114,30 @@ static int setup(struct bf_fs *fs, const struct bf_fs_opts *o, char *err, size_t
 	return 0;
 }
 
+/* The fs-wide lock prefers writers where the C library offers it: a steady stream of reads must not keep a
+   change or a commit waiting forever (no one takes the shared lock twice, which that would deadlock). */
+static void init_lock(pthread_rwlock_t *lock)
+{
+	pthread_rwlockattr_t a;
+
+	pthread_rwlockattr_init(&a);
+#ifdef __GLIBC__
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+	pthread_rwlock_init(lock, &a);
+	pthread_rwlockattr_destroy(&a);
+}
+
 int bf_fs_open(const struct bf_fs_opts *o, struct bf_fs **out, char *err, size_t errlen)
 {
 	struct bf_fs *fs = calloc(1, sizeof(*fs));
 	if (!fs)
 		return bf_err(err, errlen, -ENOMEM, "out of memory");
 	pthread_mutex_init(&fs->ino_map_lock, NULL);
+	init_lock(&fs->lock);
 	int r = setup(fs, o, err, errlen);
+	if (!r)
+		r = bf_fs_write_open(fs, o, err, errlen);
 	if (r) {
 		bf_fs_close(fs);
 		return r;
@@ -133,10 +150,12 @@ void bf_fs_close(struct bf_fs *fs)
 {
 	if (!fs)
 		return;
+	bf_fs_write_close(fs);
 	bf_inode_cache_free(fs->icache);
 	bf_root_cache_free(fs->roots);
 	bf_ino_map_free(fs);
 	pthread_mutex_destroy(&fs->ino_map_lock);
+	pthread_rwlock_destroy(&fs->lock);
 	if (fs->fi)
 		bf_fsinfo_close(fs->fi);
 	free(fs);

@@ -11,7 +11,8 @@
  *
  * Kernel facts matched: rdev is stored as the kernel's internal dev_t ((major << 20) | minor, see
  * btrfs_read_locked_inode -> init_special_inode) and only character and block devices show it;
- * st_blocks = round_up(nbytes, sectorsize) >> 9 and st_blksize = sectorsize (btrfs_getattr).
+ * st_blocks = (round_up(nbytes, sectorsize) + round_up(delalloc bytes, sectorsize)) >> 9 and
+ * st_blksize = sectorsize (btrfs_getattr).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -106,6 +107,22 @@ void bf_inode_cache_forget(struct bf_fs *fs, uint64_t root, uint64_t objectid)
 	cache_put(fs->icache, root, objectid, NULL);
 }
 
+void bf_inode_cache_set(struct bf_fs *fs, uint64_t root, uint64_t objectid, const struct bf_inode_item *ii)
+{
+	cache_put(fs->icache, root, objectid, ii);
+}
+
+void bf_inode_cache_clear(struct bf_fs *fs)
+{
+	struct bf_inode_cache *c = fs->icache;
+
+	for (size_t i = 0; i <= c->mask; i++) {
+		pthread_mutex_lock(&c->locks[i % LOCK_STRIPES]);
+		c->slots[i].valid = false;
+		pthread_mutex_unlock(&c->locks[i % LOCK_STRIPES]);
+	}
+}
+
 /* The tree checker's rule: exactly one file type and no bits outside type and permissions. */
 static bool mode_ok(uint32_t mode)
 {
@@ -191,7 +208,7 @@ static dev_t rdev_of(uint32_t mode, uint64_t disk_rdev)
 	return makedev(kdev >> KDEV_MINOR_BITS, kdev & ((1u << KDEV_MINOR_BITS) - 1));
 }
 
-/* btrfs_getattr: ALIGN(bytes, sectorsize) >> 9 (delalloc bytes are always 0 here). */
+/* ALIGN(bytes, sectorsize) >> 9, as btrfs_getattr rounds nbytes and the delalloc bytes. */
 static blkcnt_t blocks_of(uint64_t nbytes, uint32_t sectorsize)
 {
 	uint64_t rounded;
@@ -214,7 +231,9 @@ void bf_inode_to_stat(struct bf_fs *fs, uint64_t root, uint64_t objectid, const 
 	st->st_rdev = rdev_of(mode, get64(ii->rdev));
 	st->st_size = (off_t)bf_min64(get64(ii->size), INT64_MAX);
 	st->st_blksize = sectorsize;
-	st->st_blocks = blocks_of(get64(ii->nbytes), sectorsize);
+	/* btrfs_getattr also counts bytes written but not yet given extents (the kernel's new_delalloc_bytes) */
+	st->st_blocks = blocks_of(get64(ii->nbytes), sectorsize) +
+			(S_ISREG(mode) ? blocks_of(bf_data_delalloc_bytes(fs, root, objectid), sectorsize) : 0);
 	st->st_atim = ts_of(&ii->atime);
 	st->st_mtim = ts_of(&ii->mtime);
 	st->st_ctim = ts_of(&ii->ctime);

@@ -2,7 +2,19 @@
  * fs/statfs.c - statfs with the kernel's arithmetic (fs/btrfs/super.c: btrfs_statfs and
  * btrfs_calc_avail_data_space), so df shows the same numbers as on a kernel mount of the same image.
  *
- * Owns: rebuilding, from the on-disk items, the state those functions read on a freshly mounted kernel:
+ * Where the state comes from: on a read-only mount, from the on-disk items (what a freshly mounted kernel reads).
+ * On a writable mount, the block groups and the devices' bytes_used come from the extent allocator
+ * (bf_extalloc_for_each_bg, bf_extalloc_dev_bytes_used), the live state the kernel's space infos mirror: a chunk
+ * made in the running transaction has its block group at once (its BLOCK_GROUP_ITEM and DEV_ITEM update are only
+ * written at commit, so reading the trees would miss it), and a group's used bytes include what the running
+ * transaction allocated in it, as the kernel's counters grow when its delayed references run (extents freed in
+ * the transaction count until it commits). The simpler alternative, reading the items through the live roots
+ * under the write lock, would still miss a new group's item and every used-bytes change until the commit.
+ * Buffered file data not yet given extents is not counted, as the kernel's statfs does not count delalloc
+ * (bytes_may_use); a write that meets ENOSPC commits first (fs/wtxn.c), which gives that data its extents, as the
+ * kernel's flush_space does, so a full filesystem shows what is really left.
+ *
+ * Owns: rebuilding the state those functions read:
  *   - space infos: block groups added per type (SYSTEM, METADATA, DATA, or DATA|METADATA when mixed), each
  *     adding length * ncopies to disk_total and used * ncopies to disk_used (btrfs_add_bg_to_space_info);
  *   - read-only block groups: chunks with a stripe on an absent device beyond what the profile tolerates
@@ -12,12 +24,14 @@
  *   - the global block reserve (btrfs_update_global_block_rsv): bytes_used of the extent, csum, free-space and
  *     block-group trees' root items (the tree root's in-memory item starts at 0), at least
  *     insert_size(1 + those trees + 6) + 6 delayed-ref units (doubled with the free-space tree), at most 512M;
- *   - device free space from the dev items (total_bytes - bytes_used), simulated chunk allocation.
+ *   - device free space from the dev items (total_bytes - bytes_used; bytes_used live on writable mounts),
+ *     simulated chunk allocation.
  * The kernel zeroes f_bavail when the metadata space info is "full" (a chunk allocation failed) and free
  * metadata is short; that state never exists on a fresh mount, so it is not modelled. f_files and f_ffree are
  * 0 as on the kernel.
- * Key idea: block groups are found by the chunk map (one exact search per chunk in the block-group tree or
- * extent tree), never by scanning the extent tree.
+ * Key idea: on read-only mounts block groups are found by the chunk map (one exact search per chunk in the
+ * block-group tree or extent tree), never by scanning the extent tree; on writable mounts the allocator lists
+ * them.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -81,6 +95,7 @@ struct dev {
 
 struct df {
 	struct bf_fs *fs;
+	const struct bf_extalloc *ea; /* writable mounts: the live block groups and device usage; else NULL */
 	struct bg *bgs;
 	size_t nbgs;
 	struct space spaces[3];
@@ -93,7 +108,7 @@ struct df {
 
 /* ---------------- block groups ---------------- */
 
-/* Copy the chunk map: address, length, type, and whether btrfs_chunk_writeable would say yes. */
+/* Read-only mounts: copy the chunk map (address, length, type, and whether btrfs_chunk_writeable would say yes). */
 static int collect_chunks(struct df *d)
 {
 	struct bf_volume *v = &d->fs->fi->vol;
@@ -180,17 +195,35 @@ static int add_bg(struct df *d, struct bg *b)
 	return 0;
 }
 
-static int load_block_groups(struct df *d)
+/* Read-only mounts: each chunk's block group item. */
+static int groups_from_items(struct df *d)
 {
 	const struct bf_fsinfo *fi = d->fs->fi;
 	const struct bf_root *tree = fi->has_block_group_root ? &fi->block_group_root : &fi->extent_root;
 	int r = collect_chunks(d);
-	init_spaces(d);
-	for (size_t i = 0; !r && i < d->nbgs; i++) {
+	for (size_t i = 0; !r && i < d->nbgs; i++)
 		r = read_bg_item(d, tree, &d->bgs[i]);
-		if (!r)
-			r = add_bg(d, &d->bgs[i]);
-	}
+	return r;
+}
+
+static int add_live_bg(void *ctx, const struct bf_extalloc_bg_info *info)
+{
+	struct df *d = ctx;
+	struct bg *n = realloc(d->bgs, (d->nbgs + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	d->bgs = n;
+	/* writeable: a writable mount has every device (bf_journal_open refuses a missing one) */
+	d->bgs[d->nbgs++] = (struct bg){ info->start, info->length, info->used, info->flags, true, false, 0 };
+	return 0;
+}
+
+static int load_block_groups(struct df *d)
+{
+	int r = d->ea ? bf_extalloc_for_each_bg(d->ea, add_live_bg, d) : groups_from_items(d);
+	init_spaces(d);
+	for (size_t i = 0; !r && i < d->nbgs; i++)
+		r = add_bg(d, &d->bgs[i]);
 	return r;
 }
 
@@ -305,7 +338,8 @@ static int add_dev_item(void *arg, const struct bf_key *k, const uint8_t *data, 
 	if (!n)
 		return -ENOMEM;
 	d->devs = n;
-	d->devs[d->ndevs++] = (struct dev){ get64(di->total_bytes), get64(di->bytes_used) };
+	uint64_t used = d->ea ? bf_extalloc_dev_bytes_used(d->ea, k->offset) : get64(di->bytes_used);
+	d->devs[d->ndevs++] = (struct dev){ get64(di->total_bytes), used };
 	return 0;
 }
 
@@ -411,7 +445,7 @@ static int compute(struct df *d, struct statvfs *st)
 
 int bf_fs_statfs(struct bf_fs *fs, struct statvfs *st)
 {
-	struct df d = { .fs = fs };
+	struct df d = { .fs = fs, .ea = bf_txn_alloc(fs->fi) };
 	int r = load_devices(&d);
 	if (!r)
 		r = load_block_groups(&d);

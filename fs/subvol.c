@@ -205,6 +205,9 @@ int bf_fs_root(struct bf_fs *fs, uint64_t id, struct bf_root *out)
 {
 	if (!bf_is_fs_tree(id))
 		return -ENOENT;
+	/* On a read-write mount, a tree changed since mount has its live root in the journal. */
+	if (fs->fi->journal && bf_journal_root(fs->fi, id, out) == 0)
+		return 0;
 	struct root_slot *s = &fs->roots->slots[mix64(id) % ROOT_CACHE_SLOTS];
 	pthread_mutex_lock(&fs->roots->lock);
 	bool hit = s->valid && s->id == id;

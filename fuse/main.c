@@ -3,10 +3,12 @@
  *
  * Owns: argument parsing (btrfs options are taken out, the rest go to libfuse), the default mount options, and
  * the start-up sequence. Key idea: every check that can fail is done while the caller still waits on our exit
- * status and sees stderr: options (by creating the FUSE session), the mountpoint, then the devices (bf_fs_open
- * validates and locks them all, and the root directory is read once), then the mount itself. Only a mounted,
- * working filesystem goes into the background, so `btrfs-fuse img dir && ls dir` always works, and a failure
- * leaves neither a mount nor a daemon behind.
+ * status and sees stderr: the mountpoint, then the devices (bf_fs_open validates and locks them all, decides
+ * whether -o rw can be honoured, and reads the root directory once), then the options (by creating the FUSE
+ * session, with "ro" added unless the filesystem is writable), then the mount itself. Only a mounted, working
+ * filesystem goes into the background, so `btrfs-fuse img dir && ls dir` always works, and a failure leaves
+ * neither a mount nor a daemon behind. The mount is read-only unless -o rw is given; a read-write mount ends
+ * (unmount, SIGTERM, SIGINT) with a final commit before the process exits.
  *
  * Usage: btrfs-fuse [options] DEVICE_OR_IMAGE [MORE_DEVICES...] MOUNTPOINT; options may also follow the
  * positional arguments, as mount.fuse3 passes them (`btrfs-fuse SOURCE MOUNTPOINT -o OPTS`).
@@ -29,6 +31,8 @@
 
 /* Nothing can change under a read-only mount, so the kernel may cache names and attributes for long. */
 #define BF_RO_TIMEOUT 3600.0
+/* A read-write mount: st_blocks and the like move when buffered data gets its extents at commit. */
+#define BF_RW_TIMEOUT 1.0
 
 struct strv {
 	char **v;
@@ -40,6 +44,7 @@ struct cli {
 	struct strv dev;  /* -o device= */
 	char *subvol;
 	uint64_t subvolid;
+	unsigned commit;   /* -o commit=N: seconds between commits (0 = 30, as the kernel) */
 	bool degraded, help, version, debug, rw;
 	bool allow_given;  /* allow_other, allow_root or noallow_other given */
 	bool no_defperm;   /* nodefault_permissions */
@@ -49,7 +54,7 @@ struct cli {
 
 enum {
 	K_HELP, K_VERSION, K_SUBVOL, K_SUBVOLID, K_DEVICE, K_DEGRADED, K_RO, K_RW, K_ALLOW, K_NOALLOW, K_DEFPERM,
-	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG,
+	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT,
 };
 
 static const struct fuse_opt cli_opts[] = {
@@ -59,6 +64,7 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("--version", K_VERSION),
 	FUSE_OPT_KEY("subvol=", K_SUBVOL),
 	FUSE_OPT_KEY("subvolid=", K_SUBVOLID),
+	FUSE_OPT_KEY("commit=", K_COMMIT),
 	FUSE_OPT_KEY("device=", K_DEVICE),
 	FUSE_OPT_KEY("degraded", K_DEGRADED),
 	FUSE_OPT_KEY("ro", K_RO),
@@ -79,8 +85,8 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_END,
 };
 
-/* Options mount(8), mount.fuse3 or an fstab line may pass that mean nothing here (the mount is read-only and
-   keeps no access times): dropped silently. */
+/* Options mount(8), mount.fuse3 or an fstab line may pass that mean nothing here (btrfs-fuse keeps no access
+   times): dropped silently. */
 static const char *const generic_ignored[] = {
 	"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
 	"relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "diratime",
@@ -92,7 +98,7 @@ static const char *const generic_ignored[] = {
 static const char *const btrfs_ignored[] = {
 	"compress", "compress=", "compress-force", "compress-force=", "space_cache", "space_cache=",
 	"nospace_cache", "clear_cache", "ssd", "ssd_spread", "nossd", "nossd_spread", "discard", "discard=",
-	"nodiscard", "autodefrag", "noautodefrag", "commit=", "thread_pool=", "flushoncommit", "noflushoncommit",
+	"nodiscard", "autodefrag", "noautodefrag", "thread_pool=", "flushoncommit", "noflushoncommit",
 	"datacow", "nodatacow", "datasum", "nodatasum", "barrier", "nobarrier", "max_inline=", "metadata_ratio=",
 	"skip_balance", "enospc_debug", "noenospc_debug", "user_subvol_rm_allowed", "treelog", "notreelog",
 	"rescan_uuid_tree", "fatal_errors=", "usebackuproot", "nologreplay", "rescue=", "norecovery", NULL,
@@ -141,6 +147,20 @@ static int parse_subvolid(struct cli *c, const char *val)
 	return 0;
 }
 
+/* commit=N as the kernel's btrfs takes it: 0 means the default. */
+static int parse_commit(struct cli *c, const char *val)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(val, &end, 10);
+	if (errno || end == val || *end || val[0] == '-' || v > 86400) {
+		bf_log(BF_LOG_ERR, "invalid commit interval '%s': give a number of seconds (0 = the default, 30)", val);
+		return -1;
+	}
+	c->commit = (unsigned)v;
+	return 0;
+}
+
 /* An option libfuse does not own: drop the ones that mean nothing here, keep the rest for libfuse. */
 static int other_opt(const char *arg)
 {
@@ -168,9 +188,10 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 		free(c->subvol);
 		return (c->subvol = strdup(arg + strlen("subvol="))) ? 0 : -1;
 	case K_SUBVOLID: return parse_subvolid(c, arg + strlen("subvolid="));
+	case K_COMMIT: return parse_commit(c, arg + strlen("commit="));
 	case K_DEVICE: return strv_push(&c->dev, arg + strlen("device="));
 	case K_DEGRADED: c->degraded = true; return 0;
-	case K_RO: return 0; /* always added below */
+	case K_RO: c->rw = false; return 0; /* added below unless the mount is writable; the last of ro/rw wins */
 	case K_RW: c->rw = true; return 0;
 	case K_ALLOW: c->allow_given = true; return 1;
 	case K_NOALLOW: c->allow_given = true; return 0;
@@ -210,8 +231,10 @@ static void help(void)
 	printf("\n"
 	       "Mounts a btrfs filesystem (an image file or a block device; for a filesystem on several devices\n"
 	       "give all of them) through FUSE, without the kernel's btrfs driver.\n"
-	       "The mount is READ-ONLY: write support is not available yet, so 'ro' is always in force and\n"
-	       "'-o rw' is ignored with a note.\n"
+	       "The mount is READ-ONLY unless -o rw is given. Write support is new and still being tested\n"
+	       "against the kernel: keep a backup of what you mount read-write. Images with RAID5/6, quotas,\n"
+	       "unknown read-only-compatible features or a log tree waiting for replay are always mounted\n"
+	       "read-only (with a message saying why).\n"
 	       "\n"
 	       "btrfs options:\n"
 	       "    -o subvol=PATH         mount the subvolume at PATH (relative to the top-level subvolume)\n"
@@ -220,7 +243,10 @@ static void help(void)
 	       "    -o device=PATH         another device of the filesystem (may be repeated)\n"
 	       "    -o degraded            mount even though devices are missing, if the profiles allow it\n"
 	       "    -o noacl               do not apply POSIX ACLs to permission checks (acl is the default)\n"
-	       "    -o ro                  read-only (always in force)\n"
+	       "    -o ro                  read-only (the default)\n"
+	       "    -o rw                  read-write: changes are committed every 30 seconds, on fsync\n"
+	       "                           and at unmount (also on SIGTERM and SIGINT)\n"
+	       "    -o commit=N            commit every N seconds instead of 30 (read-write mounts)\n"
 	       "\n"
 	       "Defaults, as a kernel mount behaves:\n"
 	       "    -o default_permissions the kernel checks permission bits and ACLs;\n"
@@ -355,13 +381,14 @@ static int add_mountpoint(struct fuse_args *args, const char *mp)
 	return r;
 }
 
-/* The mount options we add: read-only, what mount(8) shows, and the kernel-mount-like permission defaults. */
+/* The mount options we add: what mount(8) shows and the kernel-mount-like permission defaults ("ro" is added
+   once the filesystem is open and its writability known). */
 static int add_defaults(struct fuse_args *args, const struct cli *c, const char *first_dev)
 {
 	char real[PATH_MAX];
-	int r = add_opt(args, "ro", NULL);
+	int r = 0;
 
-	if (r == 0 && !c->subtype_given)
+	if (!c->subtype_given)
 		r = add_opt(args, "subtype", "btrfs-fuse");
 	if (r == 0 && !c->fsname_given)
 		r = add_opt(args, "fsname", realpath(first_dev, real) ? real : first_dev);
@@ -407,8 +434,9 @@ static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o)
 /* Open and check the filesystem; the daemon context gets the handle and the root's inode number. */
 static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_fuse *ctx)
 {
-	struct bf_fs_opts fo = { .open = { .paths = devs, .npaths = ndevs, .degraded = c->degraded },
-				 .subvol = c->subvol, .subvolid = c->subvolid };
+	struct bf_fs_opts fo = { .open = { .paths = devs, .npaths = ndevs, .degraded = c->degraded,
+					   .writable = c->rw },
+				 .subvol = c->subvol, .subvolid = c->subvolid, .commit_interval = c->commit };
 	char err[512] = "";
 	struct stat st;
 
@@ -430,6 +458,8 @@ static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_
 		return -1;
 	}
 	ctx->root_ino = st.st_ino;
+	ctx->rw = bf_fs_writable(ctx->fs);
+	ctx->timeout = ctx->rw ? BF_RW_TIMEOUT : BF_RO_TIMEOUT;
 	return 0;
 }
 
@@ -456,7 +486,7 @@ static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *o, con
 		bf_log_to_syslog(true);
 		fuse_set_log_func(fuse_log_to_bf);
 	}
-	bf_log(BF_LOG_INFO, "mounted %s on %s, read-only, subvolume %llu", dev, mnt,
+	bf_log(BF_LOG_INFO, "mounted %s on %s, %s, subvolume %llu", dev, mnt, ctx->rw ? "read-write" : "read-only",
 	       (unsigned long long)bf_fs_mounted_subvol(ctx->fs));
 	int r = run_loop(se, o);
 	fuse_session_unmount(se);
@@ -489,21 +519,23 @@ static int start(struct cli *c, struct fuse_args *args)
 		       "(fusermount3 -u or umount) or choose another directory", o.mountpoint, what);
 		goto out_opts;
 	}
-	if (!(ctx.conn_opts = fuse_parse_conn_info_opts(args)))
+	if (open_fs(c, devs, ndevs, &ctx) != 0)
 		goto out_opts;
+	if ((!ctx.rw && add_opt(args, "ro", NULL) != 0) || !(ctx.conn_opts = fuse_parse_conn_info_opts(args)))
+		goto out_fs;
 	se = fuse_session_new(args, &bf_fuse_ops, sizeof(bf_fuse_ops), &ctx);
 	if (!se) {
 		bf_log(BF_LOG_ERR, "cannot set up the FUSE session (see the message above; "
 		       "`btrfs-fuse --help` lists the options)");
-		goto out_opts;
+		goto out_fs;
 	}
-	if (open_fs(c, devs, ndevs, &ctx) == 0) {
-		status = serve(se, &o, o.mountpoint, &ctx, devs[0]);
-		fuse_session_destroy(se);
-		bf_fs_close(ctx.fs);
-	} else {
-		fuse_session_destroy(se);
-	}
+	status = serve(se, &o, o.mountpoint, &ctx, devs[0]);
+	fuse_session_destroy(se);
+	/* The final commit: its failure (the log says why) makes the exit status non-zero. */
+	if (ctx.rw && bf_fs_sync(ctx.fs) != 0)
+		status = 1;
+out_fs:
+	bf_fs_close(ctx.fs);
 out_opts:
 	free(ctx.conn_opts);
 	free(o.mountpoint);
@@ -540,8 +572,6 @@ int main(int argc, char *argv[])
 	}
 	if (c.debug)
 		bf_log_set_verbosity(BF_LOG_DEBUG);
-	if (c.rw)
-		bf_log(BF_LOG_WARN, "note: write support is not available yet; mounting read-only");
 	status = start(&c, &args);
 out:
 	fuse_opt_free_args(&args);

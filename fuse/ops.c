@@ -4,9 +4,13 @@
  * Owns: the translation between libfuse requests and the fs layer, the kernel capabilities asked for at init,
  * and the caching hints given to the kernel. Key idea: node ids are stateless (a node id alone names an inode,
  * see fs/fs.h), so forget needs no bookkeeping and directory handles carry nothing: readdir resumes from the
- * offset the fs layer returned with the previous entry. The mount is read-only and nothing can change under it,
- * so entries, attributes, negative lookups, file data, directory listings and symlinks are all cached by the
- * kernel for a long time. Every fs error is passed back as its errno; nothing here aborts on bad input.
+ * offset the fs layer returned with the previous entry. Read calls run under the fs layer's shared lock (many
+ * at once); change calls take its exclusive lock themselves. On a read-only mount nothing can change, so
+ * entries, attributes, negative lookups, file data, listings and symlinks are cached by the kernel for a long
+ * time; on a read-write mount every change goes through this mount and the kernel updates or drops its own
+ * caches for the names and inodes a reply or request touches, so only the timeouts are short (1 s: st_blocks
+ * and the like move when buffered data gets its extents at commit) and file data and listings are not kept
+ * across opens. Every fs error is passed back as its errno; nothing here aborts on bad input.
  */
 #include "fuse/ops.h"
 
@@ -15,6 +19,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/xattr.h>
 
 #include "util/util.h"
 
@@ -22,6 +27,8 @@
 /* Larger than any read the kernel sends (max_pages is at most 256 pages); a bound so a bad size cannot make us
    allocate without limit. */
 #define BF_READ_MAX (16u << 20)
+/* Largest write asked of the kernel on read-write mounts (libfuse's buffer takes 1 MiB + headers). */
+#define BF_MAX_WRITE (1u << 20)
 
 static struct bf_fuse *ctx_of(fuse_req_t req) { return fuse_req_userdata(req); }
 
@@ -30,6 +37,15 @@ static void reply_err(fuse_req_t req, long err)
 {
 	int e = (err < 0 && err > -4096) ? (int)-err : EIO;
 	fuse_reply_err(req, e);
+}
+
+/* Reply to a request that returns only a status: 0 or a negative errno from the fs layer. */
+static void reply_status(fuse_req_t req, long r)
+{
+	if (r == 0)
+		fuse_reply_err(req, 0);
+	else
+		reply_err(req, r);
 }
 
 /* ---------------------------------------------------------------- init */
@@ -53,9 +69,18 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	set_want(conn, FUSE_CAP_CACHE_SYMLINKS, true);
 	/* The kernel turns FUSE_POSIX_ACL into default_permissions, so only ask for it when that is on anyway. */
 	set_want(conn, FUSE_CAP_POSIX_ACL, c->acl && c->default_permissions);
-	/* Nothing changes under a read-only mount: no need to compare mtimes to drop cached pages. */
+	/* Nothing changes under a read-only mount, and a read-write one changes only through here: no need to
+	   compare mtimes to drop cached pages. O_TRUNC comes as a setattr before the open. */
 	set_want(conn, FUSE_CAP_AUTO_INVAL_DATA, false);
 	set_want(conn, FUSE_CAP_ATOMIC_O_TRUNC, false);
+	/* With POSIX ACLs the kernel leaves the umask to the filesystem, which applies it unless the parent has a
+	   default ACL (posix_acl_create); without this the kernel would apply it even then. */
+	set_want(conn, FUSE_CAP_DONT_MASK, c->rw && c->acl && c->default_permissions);
+	/* No writeback cache: the kernel would keep its own sizes, times and block counts of written files, which
+	   differ from what the commit records (tried: stale st_blocks and times). Writes come synchronously. */
+	set_want(conn, FUSE_CAP_WRITEBACK_CACHE, false);
+	if (c->rw)
+		conn->max_write = BF_MAX_WRITE;
 	/* Replies come from memory buffers, for which splicing only adds system calls. */
 	set_want(conn, FUSE_CAP_SPLICE_WRITE, false);
 	set_want(conn, FUSE_CAP_SPLICE_MOVE, false);
@@ -90,7 +115,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	memset(&st, 0, sizeof(st));
+	bf_fs_rdlock(c->fs);
 	int r = bf_fs_lookup(c->fs, parent, name, &nodeid, &gen, &st);
+	bf_fs_unlock(c->fs);
 	if (r == -ENOENT) {
 		/* A negative entry: the kernel remembers the name is absent for the timeout. */
 		memset(&e, 0, sizeof(e));
@@ -128,7 +155,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	(void)fi;
 	memset(&st, 0, sizeof(st));
+	bf_fs_rdlock(c->fs);
 	int r = bf_fs_getattr(c->fs, ino, &st);
+	bf_fs_unlock(c->fs);
 	if (r < 0)
 		reply_err(req, r);
 	else
@@ -149,7 +178,9 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 			return;
 		}
 		buf = nb;
+		bf_fs_rdlock(c->fs);
 		ssize_t n = bf_fs_readlink(c->fs, ino, buf, size);
+		bf_fs_unlock(c->fs);
 		if (n < 0) {
 			free(buf);
 			reply_err(req, n);
@@ -237,7 +268,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	bf_fs_rdlock(d.c->fs);
 	int r = bf_fs_readdir(d.c->fs, ino, (uint64_t)off, plus, dir_add, &d);
+	bf_fs_unlock(d.c->fs);
 	/* Entries already in the buffer go out; an error after them shows up again on the next call. */
 	if (r < 0 && d.used == 0)
 		reply_err(req, r);
@@ -266,8 +299,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	fi->fh = 0;
-	fi->cache_readdir = 1; /* listings never change: the kernel may keep them */
-	fi->keep_cache = 1;
+	fi->cache_readdir = !ctx_of(req)->rw; /* read-only: listings never change, the kernel may keep them */
+	fi->keep_cache = !ctx_of(req)->rw;
 	fuse_reply_open(req, fi);
 }
 
@@ -287,18 +320,23 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct bf_fuse *c = ctx_of(req);
 	struct bf_file *f = NULL;
 
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		fuse_reply_err(req, EROFS);
+	int r = 0;
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
+		r = c->rw ? bf_fs_may_write(c->fs, ino) : -EROFS;
+	if (r < 0) {
+		reply_err(req, r);
 		return;
 	}
-	int r = bf_fs_open_file(c->fs, ino, &f);
+	bf_fs_rdlock(c->fs);
+	r = bf_fs_open_file(c->fs, ino, &f);
+	bf_fs_unlock(c->fs);
 	if (r < 0) {
 		reply_err(req, r);
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)f;
-	fi->keep_cache = 1; /* the data cannot change while mounted */
-	fi->noflush = 1;
+	fi->keep_cache = !c->rw; /* read-only: the data cannot change while mounted */
+	fi->noflush = 1;         /* written data is buffered by the fs layer; close has nothing to send */
 	if (fuse_reply_open(req, fi) != 0)
 		bf_fs_release_file(c->fs, f); /* the open was interrupted: no release will come */
 }
@@ -319,7 +357,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	bf_fs_rdlock(c->fs);
 	ssize_t n = bf_fs_read(c->fs, file_of(fi), buf, size, (uint64_t)off);
+	bf_fs_unlock(c->fs);
 	if (n < 0)
 		reply_err(req, n);
 	else
@@ -334,18 +374,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
-/* Nothing is ever dirty on a read-only mount. */
+/* Written data is buffered by the fs layer until a commit: close has nothing to send (noflush is set). */
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	(void)fi;
-	fuse_reply_err(req, 0);
-}
-
-static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
-{
-	(void)ino;
-	(void)datasync;
 	(void)fi;
 	fuse_reply_err(req, 0);
 }
@@ -358,7 +390,9 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 	(void)ino;
 	memset(&st, 0, sizeof(st));
+	bf_fs_rdlock(ctx_of(req)->fs);
 	int r = bf_fs_statfs(ctx_of(req)->fs, &st);
+	bf_fs_unlock(ctx_of(req)->fs);
 	if (r < 0)
 		reply_err(req, r);
 	else
@@ -386,7 +420,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	reply_sized(req, bf_fs_getxattr(ctx_of(req)->fs, ino, name, buf, size), buf, size);
+	bf_fs_rdlock(ctx_of(req)->fs);
+	ssize_t n = bf_fs_getxattr(ctx_of(req)->fs, ino, name, buf, size);
+	bf_fs_unlock(ctx_of(req)->fs);
+	reply_sized(req, n, buf, size);
 	free(buf);
 }
 
@@ -398,87 +435,223 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	reply_sized(req, bf_fs_listxattr(ctx_of(req)->fs, ino, buf, size), buf, size);
+	bf_fs_rdlock(ctx_of(req)->fs);
+	ssize_t n = bf_fs_listxattr(ctx_of(req)->fs, ino, buf, size);
+	bf_fs_unlock(ctx_of(req)->fs);
+	reply_sized(req, n, buf, size);
 	free(buf);
 }
 
 /* Called only without default_permissions: then this filesystem enforces no permission bits (documented in
-   the man page), so everything may be read and nothing written. */
+   the man page), so everything may be read, and written only on a read-write mount. */
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
 	(void)ino;
-	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+	fuse_reply_err(req, (mask & W_OK) && !ctx_of(req)->rw ? EROFS : 0);
 }
 
-/* ------------------------------------------- everything that would write */
+/* ------------------------------------------------------------ changes */
 
-static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+/* Who asks: fsuid, fsgid and umask from the request (groups are not needed: the kernel made the setgid
+   checks). */
+static struct bf_cred cred_of(fuse_req_t req)
+{
+	const struct fuse_ctx *x = fuse_req_ctx(req);
+	struct bf_fuse *c = ctx_of(req);
+	struct bf_cred cr = { (uint32_t)x->uid, (uint32_t)x->gid, (uint32_t)x->umask,
+			      c->acl && c->default_permissions, NULL, 0 };
+	return cr;
+}
 
-static void op_setattr(fuse_req_t req, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *f)
+static void reply_new(fuse_req_t req, int r, const struct bf_entry *out)
 {
-	(void)i, (void)a, (void)s, (void)f;
-	erofs(req);
+	struct fuse_entry_param e;
+
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fill_entry(ctx_of(req), &e, out->nodeid, out->generation, &out->st);
+	fuse_reply_entry(req, &e);
 }
-static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d)
+
+static bool name_too_long(fuse_req_t req, const char *name)
 {
-	(void)p, (void)n, (void)m, (void)d;
-	erofs(req);
+	if (strlen(name) <= BF_NAME_MAX)
+		return false;
+	fuse_reply_err(req, ENAMETOOLONG);
+	return true;
 }
-static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m)
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
-	(void)p, (void)n, (void)m;
-	erofs(req);
+	struct bf_cred cr = cred_of(req);
+	struct bf_entry out;
+
+	if (!name_too_long(req, name))
+		reply_new(req, bf_fs_mknod(ctx_of(req)->fs, parent, name, mode, rdev, &cr, &out), &out);
 }
-static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n)
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-	(void)p, (void)n;
-	erofs(req);
+	struct bf_cred cr = cred_of(req);
+	struct bf_entry out;
+
+	if (!name_too_long(req, name))
+		reply_new(req, bf_fs_mkdir(ctx_of(req)->fs, parent, name, mode, &cr, &out), &out);
 }
-static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n)
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
-	(void)l, (void)p, (void)n;
-	erofs(req);
+	struct bf_cred cr = cred_of(req);
+	struct bf_entry out;
+
+	if (!name_too_long(req, name))
+		reply_new(req, bf_fs_symlink(ctx_of(req)->fs, parent, name, link, &cr, &out), &out);
 }
-static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn, unsigned f)
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
-	(void)p, (void)n, (void)np, (void)nn, (void)f;
-	erofs(req);
+	struct bf_entry out;
+
+	if (!name_too_long(req, newname))
+		reply_new(req, bf_fs_link(ctx_of(req)->fs, ino, newparent, newname, &out), &out);
 }
-static void op_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn)
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)i, (void)np, (void)nn;
-	erofs(req);
+	reply_status(req, bf_fs_unlink(ctx_of(req)->fs, parent, name));
 }
-static void op_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t s, off_t o, struct fuse_file_info *f)
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)i, (void)b, (void)s, (void)o, (void)f;
-	erofs(req);
+	reply_status(req, bf_fs_rmdir(ctx_of(req)->fs, parent, name));
 }
-static void op_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t s, int f)
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned flags)
 {
-	(void)i, (void)n, (void)v, (void)s, (void)f;
-	erofs(req);
+	if (!name_too_long(req, newname))
+		reply_status(req, bf_fs_rename(ctx_of(req)->fs, parent, name, newparent, newname, flags));
 }
-static void op_removexattr(fuse_req_t req, fuse_ino_t i, const char *n)
+
+/* FUSE_SET_ATTR_* -> struct bf_setattr. *_NOW comes with the plain bit set too. */
+static void setattr_of(const struct stat *a, int to_set, struct bf_setattr *s)
 {
-	(void)i, (void)n;
-	erofs(req);
+	static const struct { int fuse; unsigned bf; } map[] = {
+		{ FUSE_SET_ATTR_MODE, BF_SET_MODE }, { FUSE_SET_ATTR_UID, BF_SET_UID },
+		{ FUSE_SET_ATTR_GID, BF_SET_GID }, { FUSE_SET_ATTR_SIZE, BF_SET_SIZE },
+		{ FUSE_SET_ATTR_ATIME, BF_SET_ATIME }, { FUSE_SET_ATTR_MTIME, BF_SET_MTIME },
+		{ FUSE_SET_ATTR_ATIME_NOW, BF_SET_ATIME | BF_SET_ATIME_NOW },
+		{ FUSE_SET_ATTR_MTIME_NOW, BF_SET_MTIME | BF_SET_MTIME_NOW }, { FUSE_SET_ATTR_CTIME, BF_SET_CTIME },
+	};
+
+	memset(s, 0, sizeof(*s));
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (to_set & map[i].fuse)
+			s->valid |= map[i].bf;
+	s->mode = a->st_mode;
+	s->uid = (uint32_t)a->st_uid;
+	s->gid = (uint32_t)a->st_gid;
+	s->size = a->st_size < 0 ? 0 : (uint64_t)a->st_size;
+	s->atime = a->st_atim;
+	s->mtime = a->st_mtim;
+	s->ctime = a->st_ctim;
 }
-static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *f)
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
-	(void)p, (void)n, (void)m, (void)f;
-	erofs(req);
+	struct bf_fuse *c = ctx_of(req);
+	struct bf_setattr s;
+	struct stat st;
+
+	(void)fi;
+	if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	setattr_of(attr, to_set, &s);
+	memset(&st, 0, sizeof(st));
+	int r = bf_fs_setattr(c->fs, ino, &s, &st);
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_attr(req, &st, c->timeout);
 }
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	struct bf_fuse *c = ctx_of(req);
+	struct bf_cred cr = cred_of(req);
+	struct fuse_entry_param e;
+	struct bf_entry out;
+	struct bf_file *f = NULL;
+
+	if (name_too_long(req, name))
+		return;
+	int r = bf_fs_mknod(c->fs, parent, name, (mode & ~(mode_t)S_IFMT) | S_IFREG, 0, &cr, &out);
+	if (r == 0) {
+		bf_fs_rdlock(c->fs);
+		r = bf_fs_open_file(c->fs, out.nodeid, &f);
+		bf_fs_unlock(c->fs);
+	}
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fill_entry(c, &e, out.nodeid, out.generation, &out.st);
+	fi->fh = (uint64_t)(uintptr_t)f;
+	fi->keep_cache = 0;
+	fi->noflush = 1;
+	if (fuse_reply_create(req, &e, fi) != 0)
+		bf_fs_release_file(c->fs, f); /* interrupted: no release will come */
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	ssize_t n = bf_fs_write(ctx_of(req)->fs, file_of(fi), buf, size, (uint64_t)off);
+	if (n < 0)
+		reply_err(req, n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)fi;
+	reply_status(req, bf_fs_fsync(ctx_of(req)->fs, ino, datasync != 0));
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+			int flags)
+{
+	reply_status(req, bf_fs_setxattr(ctx_of(req)->fs, ino, name, value, size, flags));
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	reply_status(req, bf_fs_removexattr(ctx_of(req)->fs, ino, name));
+}
+
+/* Not done yet on read-write mounts: fallocate is refused; copy_file_range makes the kernel copy through
+   read and write. */
 static void op_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *f)
 {
 	(void)i, (void)m, (void)o, (void)l, (void)f;
-	erofs(req);
+	fuse_reply_err(req, ctx_of(req)->rw ? EOPNOTSUPP : EROFS);
 }
+
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fuse_file_info *f, fuse_ino_t io,
 			       off_t oo, struct fuse_file_info *fo, size_t l, int fl)
 {
 	(void)i, (void)o, (void)f, (void)io, (void)oo, (void)fo, (void)l, (void)fl;
-	erofs(req);
+	fuse_reply_err(req, ctx_of(req)->rw ? ENOSYS : EROFS);
 }
 
 const struct fuse_lowlevel_ops bf_fuse_ops = {
@@ -506,7 +679,7 @@ const struct fuse_lowlevel_ops bf_fuse_ops = {
 	.mknod = op_mknod,
 	.mkdir = op_mkdir,
 	.unlink = op_unlink,
-	.rmdir = op_unlink,
+	.rmdir = op_rmdir,
 	.symlink = op_symlink,
 	.rename = op_rename,
 	.link = op_link,

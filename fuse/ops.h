@@ -3,7 +3,8 @@
  *
  * Owns: the per-mount context handed to libfuse as userdata, and the table of low-level operations.
  * Key idea: the context holds only settings fixed at mount time plus the bf_fs handle; every operation is a thin
- * translation from a FUSE request to one fs/fs.h call and back, so no state lives here beyond the mount.
+ * translation from a FUSE request to one fs/fs.h call and back (read calls under the fs layer's shared lock),
+ * so no state lives here beyond the mount.
  */
 #ifndef BF_FUSE_OPS_H
 #define BF_FUSE_OPS_H
@@ -19,6 +20,7 @@
 struct bf_fuse {
 	struct bf_fs *fs;
 	double timeout;                      /* entry, negative-entry and attribute timeout in seconds */
+	bool rw;                             /* the filesystem is mounted read-write (bf_fs_writable at mount) */
 	bool default_permissions;            /* the kernel checks permissions (mount option given) */
 	bool acl;                            /* ask the kernel to evaluate POSIX ACLs (needs default_permissions) */
 	uint64_t root_ino;                   /* st_ino of node 1, for readdir entries that come without a stat */

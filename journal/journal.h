@@ -55,6 +55,7 @@ struct bf_fsinfo {
 	bool has_csum_root, has_uuid_root, has_free_space_root, has_block_group_root;
 	bool readonly;
 	uint64_t log_root; /* superblock's log_root (0: none) */
+	struct bf_journal *journal; /* journal/trans.c: set by bf_journal_open on writable mounts, else NULL */
 };
 
 int bf_fsinfo_open(const struct bf_open_opts *o, struct bf_fsinfo **out, char *err, size_t errlen);
@@ -65,46 +66,84 @@ void bf_fsinfo_close(struct bf_fsinfo *fi);
    item's end. */
 int bf_find_root(struct bf_fsinfo *fi, uint64_t objectid, struct bf_root *root, struct bf_root_item *item);
 
-/* ================= transactions and commit (journal/trans.c, journal/commit.c) =================
+/* ================= transactions and commit (journal/trans.c, journal/commit.c, journal/superwrite.c) ============
  *
- * One transaction runs at a time. Every change to the filesystem happens between bf_txn_begin and bf_txn_end
- * while the caller holds the filesystem's write lock (fs/ takes it: readers shared, writers and the commit
- * exclusive). A transaction collects the changed roots; bf_commit writes them out:
- *   1. flush delayed data (the fs layer's flush hook, so buffered file data gets its extents first);
- *   2. run the queued extent-reference changes (alloc), which may change more trees, until nothing is queued;
- *   3. update the root items of changed trees in the root tree (and those changes' own references: repeat 2);
- *   4. write every dirty tree block (checksummed), flush all devices;
- *   5. write every superblock copy on every device (generation, roots, backup roots as the kernel rotates
- *      them, bytes_used, device items), flush;
- *   6. unpin the extents freed in this transaction (they may be reused from now on).
- * A failure in 2-5 aborts: the filesystem turns read-only with a message saying why; the on-disk state stays
- * the last committed one.
+ * One transaction runs at a time; its id (transid) is the last committed generation + 1. Every change to the
+ * filesystem happens between bf_txn_begin and bf_txn_end while the caller holds the filesystem's write lock (fs/
+ * owns it: readers shared, writers and the commit exclusive), so nothing below needs locks of its own. While a
+ * transaction runs, the roots in struct bf_fsinfo (tree_root, extent_root, ...) and those bf_txn_root hands out are
+ * the live ones: readers (under the shared lock) see every change at once, committed or not.
+ * bf_commit writes the transaction out, as the kernel's btrfs_commit_transaction:
+ *   1. the flush hook (the fs layer gives buffered file data its extents, inside the transaction);
+ *   2. the root tree's root block is copied (every commit writes a new tree root, as commit_cowonly_roots does);
+ *   3. loop until nothing changes: run the allocator's queued extent-reference changes; update the root item of
+ *      every tree whose root block or bytes_used moved (bytenr, level, generation, bytes_used, generation_v2, and
+ *      for subvolumes changed in the transaction ctransid and ctime; a legacy-size item is enlarged);
+ *   4. write every dirty tree block (checksummed), flush every device;
+ *   5. write every superblock copy that fits on every device (generation, roots, bytes_used, the device's own
+ *      dev item from the chunk tree, log root cleared, the next backup-root slot filled as the kernel's
+ *      backup_super_roots rotates them), flush;
+ *   6. unpin the extents freed in the transaction (the allocator may reuse them from now on).
+ * A failure in 1-5, or bf_txn_abort after a change failed half-way, aborts: the running transaction is dropped,
+ * the live roots return to the last commit, the filesystem turns read-only with a message saying why
+ * (bf_journal_failed), and the image keeps the last committed state.
+ * A transaction commits when it has run commit_interval seconds (a commit thread, started by the first
+ * bf_txn_begin - not by bf_journal_open, because the daemon forks after opening - wakes up for it; it takes the
+ * write lock through the hooks), when its dirty tree blocks pass a memory bound (checked at bf_txn_end), on
+ * bf_commit (sync, fsync) and on bf_journal_close.
  */
 struct bf_trans;      /* btree/btree.h */
 struct bf_extalloc;   /* alloc/alloc.h: the extent allocator */
+struct bf_journal;    /* private to journal/: running transaction, tree table, commit thread */
 
-struct bf_journal;    /* private to journal/: running transaction, dirty roots, commit thread */
+struct bf_journal_hooks {
+	/* At the start of each commit, with the write lock held, t the transaction being committed: write buffered
+	   file data (may change trees through bf_txn_root; bf_txn_begin/end inside it join t and never commit). */
+	int (*flush)(void *arg, struct bf_trans *t);
+	/* Take / drop the fs write lock (used by the commit thread only). */
+	void (*lock)(void *arg);
+	void (*unlock)(void *arg);
+	/* After an abort (write lock held): drop every cache that may hold uncommitted state. May be NULL. */
+	void (*aborted)(void *arg);
+	void *arg;
+};
 
-/* Prepare fi for writing (fi must have been opened writable): open the extent allocator, start the
-   transaction machinery. flush_cb is called at the start of each commit with the write lock held (the fs
-   layer writes buffered data there). commit_interval in seconds (0 = default 30). */
-int bf_journal_open(struct bf_fsinfo *fi, int (*flush_cb)(void *arg), void *flush_arg, unsigned commit_interval,
+/* Prepare fi for writing (opened with writable = true): check that this image may be written, open the extent
+   allocator, load the tree table and backup-root position. -EROFS (with err saying why, and fi->readonly set)
+   for images that must stay read-only: a log tree to replay, unknown compat_ro features, RAID5/6, quotas,
+   missing or read-only devices, superblock flags (error, seeding, metadump, changing fsid). commit_interval in
+   seconds (0 = the kernel's default, 30). */
+int bf_journal_open(struct bf_fsinfo *fi, const struct bf_journal_hooks *hooks, unsigned commit_interval,
 		    char *err, size_t errlen);
-/* Commit what is pending and stop. */
+/* Stop the commit thread, commit what is pending, close the allocator. Returns the final commit's result. The
+   caller guarantees no other thread uses fi any more. */
 int bf_journal_close(struct bf_fsinfo *fi);
 
-/* Start (or join) the running transaction. The caller holds the fs write lock until bf_txn_end. */
+/* Start (or join) the running transaction. The caller holds the fs write lock until bf_txn_end. -EROFS when
+   fi is not writable or a commit failed. */
 int bf_txn_begin(struct bf_fsinfo *fi, struct bf_trans **t);
-/* Leave the transaction; commits if dirty memory passed its bound or a commit is due. */
+/* Leave the transaction; commits if a commit is due or dirty memory passed its bound (never inside the flush
+   hook). Returns 0 or the commit's error. */
 int bf_txn_end(struct bf_fsinfo *fi, struct bf_trans *t);
-/* The live, changeable root of tree `objectid` (a subvolume, or csum/uuid/root tree) in this transaction:
-   btree calls update it in place, and the commit writes it into its root item. -ENOENT if no such tree. */
+/* A change failed half-way (the btree layer's "must be aborted" errors): abort as described above. what says
+   what was being done (for the message). */
+void bf_txn_abort(struct bf_fsinfo *fi, struct bf_trans *t, int err, const char *what);
+/* The live, changeable root of tree `objectid` in t: a subvolume (5 or 256..), or the csum, uuid or root tree.
+   btree calls update it in place, and the commit writes it into its root item. -ENOENT if there is no such tree
+   (or the subvolume is being deleted), -EROFS for a read-only snapshot. For a subvolume, its root item's ctransid
+   and ctime are updated at commit (the kernel's btrfs_update_root_times). */
 int bf_txn_root(struct bf_fsinfo *fi, struct bf_trans *t, uint64_t objectid, struct bf_root **root);
-/* The extent allocator (data extents and their references). */
+/* For readers (shared lock): a copy of the live root of a tree the journal tracks; -ENOENT if it tracks none
+   (the tree has not changed since mount: its root item is current). */
+int bf_journal_root(const struct bf_fsinfo *fi, uint64_t objectid, struct bf_root *out);
+/* The extent allocator (data extents and their references); NULL on a read-only mount. */
 struct bf_extalloc *bf_txn_alloc(struct bf_fsinfo *fi);
-/* Commit now (sync, fsync, unmount). The caller holds the fs write lock. */
+/* Commit now (sync, fsync, unmount). The caller holds the fs write lock. 0 if nothing was pending; a
+   transaction that changed no tree ends without writing anything (its id is reused by the next one). */
 int bf_commit(struct bf_fsinfo *fi);
-/* True once a write error has turned the filesystem read-only; why says why. */
+/* True once a failed commit or an abort has turned the filesystem read-only; *why (may be NULL) says why. */
 bool bf_journal_failed(const struct bf_fsinfo *fi, const char **why);
+/* Number of commits since open (for tests and statistics). */
+uint64_t bf_journal_commits(const struct bf_fsinfo *fi);
 
 #endif

@@ -27,7 +27,7 @@ CLI:  hostile.py walk MOUNTPOINT            (used by the tests: walk, print a JS
       hostile.py run SEED [BINARY]          (run one seed like the test does, print the verdict)
 """
 
-import hashlib
+import fcntl
 import json
 import os
 import random
@@ -568,15 +568,17 @@ def base_images(cache=None):
     cache = os.path.join(cache or default_cache(), "bases-v%d" % BASES_VERSION)
     os.makedirs(cache, exist_ok=True)
     out = {}
-    for name in BASES:
-        js = os.path.join(cache, name + ".json")
-        img = os.path.join(cache, name + ".img")
-        if os.path.exists(js) and os.path.exists(img):
-            with open(js) as f:
-                out[name] = json.load(f)
-            out[name]["image"] = img
-        else:
-            out[name] = build_base(name, cache)
+    with open(os.path.join(cache, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # one builder at a time
+        for name in BASES:
+            js = os.path.join(cache, name + ".json")
+            img = os.path.join(cache, name + ".img")
+            if os.path.exists(js) and os.path.exists(img):
+                with open(js) as f:
+                    out[name] = json.load(f)
+                out[name]["image"] = img
+            else:
+                out[name] = build_base(name, cache)
     return out
 
 
