@@ -66,6 +66,7 @@ struct bf_file {
 	struct emap map;
 	struct zcache z;
 	uint64_t seq; /* bf_data_seq when map and z were filled: a write since then drops them */
+	struct bf_file *prev, *next; /* fs->files, under fs->files_lock */
 };
 
 /* The state of one read call. */
@@ -562,6 +563,12 @@ int bf_fs_open_file(struct bf_fs *fs, uint64_t nodeid, struct bf_file **out)
 	f->subvol = subvol;
 	f->objectid = ino;
 	bf_open_get(fs, subvol, ino);
+	pthread_mutex_lock(&fs->files_lock);
+	f->next = fs->files;
+	if (f->next)
+		f->next->prev = f;
+	fs->files = f;
+	pthread_mutex_unlock(&fs->files_lock);
 	*out = f;
 	return 0;
 }
@@ -658,8 +665,28 @@ void bf_fs_release_file(struct bf_fs *fs, struct bf_file *f)
 {
 	if (!f)
 		return;
+	pthread_mutex_lock(&fs->files_lock);
+	if (f->prev)
+		f->prev->next = f->next;
+	else
+		fs->files = f->next;
+	if (f->next)
+		f->next->prev = f->prev;
+	pthread_mutex_unlock(&fs->files_lock);
 	bf_open_put(fs, f->subvol, f->objectid);
 	pthread_mutex_destroy(&f->lock);
 	free(f->z.data);
 	free(f);
+}
+
+void bf_files_release_all(struct bf_fs *fs)
+{
+	for (;;) {
+		pthread_mutex_lock(&fs->files_lock);
+		struct bf_file *f = fs->files;
+		pthread_mutex_unlock(&fs->files_lock);
+		if (!f)
+			return;
+		bf_fs_release_file(fs, f);
+	}
 }

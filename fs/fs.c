@@ -134,6 +134,7 @@ int bf_fs_open(const struct bf_fs_opts *o, struct bf_fs **out, char *err, size_t
 	if (!fs)
 		return bf_err(err, errlen, -ENOMEM, "out of memory");
 	pthread_mutex_init(&fs->ino_map_lock, NULL);
+	pthread_mutex_init(&fs->files_lock, NULL);
 	init_lock(&fs->lock);
 	int r = setup(fs, o, err, errlen);
 	if (!r)
@@ -150,11 +151,13 @@ void bf_fs_close(struct bf_fs *fs)
 {
 	if (!fs)
 		return;
+	bf_files_release_all(fs);
 	bf_fs_write_close(fs);
 	bf_inode_cache_free(fs->icache);
 	bf_root_cache_free(fs->roots);
 	bf_ino_map_free(fs);
 	pthread_mutex_destroy(&fs->ino_map_lock);
+	pthread_mutex_destroy(&fs->files_lock);
 	pthread_rwlock_destroy(&fs->lock);
 	if (fs->fi)
 		bf_fsinfo_close(fs->fi);

@@ -33,7 +33,14 @@ struct bf_fs {
 	pthread_rwlock_t lock;
 	bool writable;            /* mounted -o rw and the journal is open (false again once a commit failed) */
 	struct bf_nstate *ns;     /* fs/wtxn.c; NULL on read-only mounts */
+	/* Files open through bf_fs_open_file (fs/file.c): FUSE may never send the last releases when the
+	   connection ends, so bf_fs_close releases whatever is left. */
+	pthread_mutex_t files_lock;
+	struct bf_file *files;
 };
+
+/* Release every file still open (fs/file.c; at unmount, before the journal closes). */
+void bf_files_release_all(struct bf_fs *fs);
 
 /* ---- node ids (fs/subvol.c) ---- */
 uint64_t bf_nodeid_make(struct bf_fs *fs, uint64_t root, uint64_t objectid);
