@@ -247,6 +247,8 @@ int bf_extalloc_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_b
 {
 	if (ea->error)
 		return ea->error;
+	bf_trace("ref", "\"extent\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"root\":%" PRIu64 ",\"inode\":%" PRIu64
+		 ",\"offset\":%" PRIu64 ",\"delta\":%d", bytenr, num_bytes, root, inode, offset, delta);
 	if (!bytenr || !num_bytes || bytenr % ea->sectorsize || num_bytes % ea->sectorsize || !delta ||
 	    inode < BF_FIRST_FREE_OBJECTID || !ea_shareable(root)) {
 		bf_log(BF_LOG_ERR, "data reference (extent %" PRIu64 ", %" PRIu64 " bytes, root %" PRIu64 ", inode %"

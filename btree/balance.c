@@ -285,6 +285,8 @@ static int push_nodes_for_insert(struct bf_trans *t, struct bf_root *root, struc
 
 int bf_split_node(struct bf_trans *t, struct bf_root *root, struct bf_path *p, int level)
 {
+	bf_trace("split", "\"tree\":%" PRIu64 ",\"level\":%d,\"block\":%" PRIu64, root->objectid, level,
+		 p->nodes[level] ? p->nodes[level]->bytenr : 0);
 	struct bf_block *c, *split;
 	uint32_t n, mid;
 	struct bf_key key;
@@ -349,6 +351,8 @@ static void settle_neighbours(struct bf_trans *t, struct bf_root *root, struct b
 
 int bf_balance_level(struct bf_trans *t, struct bf_root *root, struct bf_path *p, int level)
 {
+	bf_trace("balance", "\"tree\":%" PRIu64 ",\"level\":%d,\"block\":%" PRIu64, root->objectid, level,
+		 p->nodes[level] ? p->nodes[level]->bytenr : 0);
 	struct bf_block *mid = p->nodes[level], *parent, *left = NULL, *right = NULL;
 	uint32_t orig = p->slots[level], pslot;
 	uint64_t orig_ptr = bf_node_blockptr(mid, orig);
@@ -640,6 +644,9 @@ int bf_split_leaf(struct bf_trans *t, struct bf_root *root, const struct bf_key 
 
 	if (data_size > lds || (extend && data_size + item_bytes(p->nodes[0], p->slots[0]) > lds))
 		return -EOVERFLOW;
+	bf_trace("split", "\"tree\":%" PRIu64 ",\"level\":0,\"block\":%" PRIu64 ",\"key\":[%" PRIu64 ",%u,%" PRIu64
+		 "],\"bytes\":%u", root->objectid, p->nodes[0]->bytenr, ins_key->objectid, ins_key->type,
+		 ins_key->offset, data_size);
 	if (data_size && p->nodes[1]) {
 		ret = push_leaf_right(t, root, p, data_size, false);
 		if (ret == 1)
@@ -677,6 +684,8 @@ int bf_merge_leaf(struct bf_trans *t, struct bf_root *root, struct bf_path *p)
 	uint32_t pslot = p->slots[1];
 	int ret;
 
+	bf_trace("merge", "\"tree\":%" PRIu64 ",\"level\":0,\"block\":%" PRIu64 ",\"items\":%u", root->objectid,
+		 leaf->bytenr, leaf->nritems);
 	bf_block_get(leaf);
 	ret = push_leaf_left(t, root, p, 1, true);
 	if (ret >= 0 && p->nodes[0] == leaf && leaf->nritems)

@@ -263,6 +263,9 @@ int bf_cow_block(struct bf_trans *t, struct bf_root *root, struct bf_block *b, s
 		root->generation = t->transid;
 		root->level = nb->level;
 	}
+	bf_trace("cow", "\"tree\":%" PRIu64 ",\"level\":%u,\"old\":%" PRIu64 ",\"new\":%" PRIu64
+		 ",\"first_key\":[%" PRIu64 ",%u,%" PRIu64 "]",
+		 root->objectid, nb->level, b->bytenr, nb->bytenr, key.objectid, key.type, key.offset);
 	bf_free_block(t, root, b);
 	*out = nb;
 	return 0;

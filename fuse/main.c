@@ -43,6 +43,7 @@ struct cli {
 	struct strv pos;  /* positional arguments: devices..., mountpoint */
 	struct strv dev;  /* -o device= */
 	char *subvol;
+	char *trace;       /* -o trace=FILE */
 	uint64_t subvolid;
 	unsigned commit;   /* -o commit=N: seconds between commits (0 = 30, as the kernel) */
 	bool degraded, help, version, debug, rw;
@@ -54,7 +55,7 @@ struct cli {
 
 enum {
 	K_HELP, K_VERSION, K_SUBVOL, K_SUBVOLID, K_DEVICE, K_DEGRADED, K_RO, K_RW, K_ALLOW, K_NOALLOW, K_DEFPERM,
-	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT,
+	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE,
 };
 
 static const struct fuse_opt cli_opts[] = {
@@ -65,6 +66,7 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("subvol=", K_SUBVOL),
 	FUSE_OPT_KEY("subvolid=", K_SUBVOLID),
 	FUSE_OPT_KEY("commit=", K_COMMIT),
+	FUSE_OPT_KEY("trace=", K_TRACE),
 	FUSE_OPT_KEY("device=", K_DEVICE),
 	FUSE_OPT_KEY("degraded", K_DEGRADED),
 	FUSE_OPT_KEY("ro", K_RO),
@@ -189,6 +191,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 		return (c->subvol = strdup(arg + strlen("subvol="))) ? 0 : -1;
 	case K_SUBVOLID: return parse_subvolid(c, arg + strlen("subvolid="));
 	case K_COMMIT: return parse_commit(c, arg + strlen("commit="));
+	case K_TRACE:
+		free(c->trace);
+		return (c->trace = strdup(arg + strlen("trace="))) ? 0 : -1;
 	case K_DEVICE: return strv_push(&c->dev, arg + strlen("device="));
 	case K_DEGRADED: c->degraded = true; return 0;
 	case K_RO: c->rw = false; return 0; /* added below unless the mount is writable; the last of ro/rw wins */
@@ -247,6 +252,9 @@ static void help(void)
 	       "    -o rw                  read-write: changes are committed every 30 seconds, on fsync\n"
 	       "                           and at unmount (also on SIGTERM and SIGINT)\n"
 	       "    -o commit=N            commit every N seconds instead of 30 (read-write mounts)\n"
+	       "    -o trace=FILE          append one JSON line per event to FILE: FUSE requests, tree\n"
+	       "                           searches, block reads, copy-on-write, splits and merges, reference\n"
+	       "                           changes, transactions and commits\n"
 	       "\n"
 	       "Defaults, as a kernel mount behaves:\n"
 	       "    -o default_permissions the kernel checks permission bits and ACLs;\n"
@@ -440,6 +448,14 @@ static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_
 	char err[512] = "";
 	struct stat st;
 
+	/* Opened before the daemon changes directory, so a relative path means what the user meant. */
+	if (c->trace) {
+		int t = bf_trace_open(c->trace);
+		if (t < 0) {
+			bf_log(BF_LOG_ERR, "cannot open the trace file %s: %s", c->trace, strerror(-t));
+			return -1;
+		}
+	}
 	int r = bf_fs_open(&fo, &ctx->fs, err, sizeof(err));
 	if (r < 0) {
 		if (err[0])
@@ -578,5 +594,7 @@ out:
 	strv_free(&c.pos);
 	strv_free(&c.dev);
 	free(c.subvol);
+	free(c.trace);
+	bf_trace_close();
 	return status;
 }

@@ -58,6 +58,16 @@ static void set_want(struct fuse_conn_info *conn, unsigned cap, bool on)
 		conn->want &= ~cap;
 }
 
+/* -o trace=FILE: one event per FUSE request (util/util.h). */
+static void trace_op(fuse_req_t req, const char *op, fuse_ino_t ino)
+{
+	if (!bf_trace_enabled())
+		return;
+	const struct fuse_ctx *fc = fuse_req_ctx(req);
+	bf_trace("fuse", "\"op\":\"%s\",\"ino\":%llu,\"uid\":%u,\"pid\":%d", op, (unsigned long long)ino,
+		 (unsigned)fc->uid, (int)fc->pid);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct bf_fuse *c = userdata;
@@ -105,6 +115,7 @@ static void fill_entry(const struct bf_fuse *c, struct fuse_entry_param *e, uint
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	trace_op(req, "lookup", parent);
 	struct bf_fuse *c = ctx_of(req);
 	struct fuse_entry_param e;
 	struct stat st;
@@ -136,6 +147,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 /* Node ids are stateless (fs/fs.h): the kernel's lookup counts need no bookkeeping. */
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
+	trace_op(req, "forget", ino);
 	(void)ino;
 	(void)nlookup;
 	fuse_reply_none(req);
@@ -143,6 +155,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
+	trace_op(req, "forget_multi", 0);
 	(void)count;
 	(void)forgets;
 	fuse_reply_none(req);
@@ -150,6 +163,7 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "getattr", ino);
 	struct bf_fuse *c = ctx_of(req);
 	struct stat st;
 
@@ -166,6 +180,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
+	trace_op(req, "readlink", ino);
 	struct bf_fuse *c = ctx_of(req);
 	size_t size = PATH_MAX;
 	char *buf = NULL;
@@ -281,18 +296,21 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	trace_op(req, "readdir", ino);
 	(void)fi;
 	do_readdir(req, ino, size, off, false);
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	trace_op(req, "readdirplus", ino);
 	(void)fi;
 	do_readdir(req, ino, size, off, true);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "opendir", ino);
 	(void)ino;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EROFS);
@@ -306,6 +324,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "releasedir", ino);
 	(void)ino;
 	(void)fi;
 	fuse_reply_err(req, 0);
@@ -317,6 +336,7 @@ static struct bf_file *file_of(const struct fuse_file_info *fi) { return (struct
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "open", ino);
 	struct bf_fuse *c = ctx_of(req);
 	struct bf_file *f = NULL;
 
@@ -343,6 +363,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	trace_op(req, "read", ino);
 	struct bf_fuse *c = ctx_of(req);
 
 	(void)ino;
@@ -369,6 +390,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "release", ino);
 	(void)ino;
 	bf_fs_release_file(ctx_of(req)->fs, file_of(fi));
 	fuse_reply_err(req, 0);
@@ -377,6 +399,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 /* Written data is buffered by the fs layer until a commit: close has nothing to send (noflush is set). */
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	trace_op(req, "flush", ino);
 	(void)ino;
 	(void)fi;
 	fuse_reply_err(req, 0);
@@ -386,6 +409,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+	trace_op(req, "statfs", ino);
 	struct statvfs st;
 
 	(void)ino;
@@ -414,6 +438,7 @@ static void reply_sized(fuse_req_t req, ssize_t n, const void *buf, size_t size)
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+	trace_op(req, "getxattr", ino);
 	char *buf = size ? malloc(size) : NULL;
 
 	if (size && !buf) {
@@ -429,6 +454,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+	trace_op(req, "listxattr", ino);
 	char *buf = size ? malloc(size) : NULL;
 
 	if (size && !buf) {
@@ -446,6 +472,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
    the man page), so everything may be read, and written only on a read-write mount. */
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
+	trace_op(req, "access", ino);
 	(void)ino;
 	fuse_reply_err(req, (mask & W_OK) && !ctx_of(req)->rw ? EROFS : 0);
 }
@@ -485,6 +512,7 @@ static bool name_too_long(fuse_req_t req, const char *name)
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
+	trace_op(req, "mknod", parent);
 	struct bf_cred cr = cred_of(req);
 	struct bf_entry out;
 
@@ -494,6 +522,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
+	trace_op(req, "mkdir", parent);
 	struct bf_cred cr = cred_of(req);
 	struct bf_entry out;
 
@@ -503,6 +532,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
+	trace_op(req, "symlink", parent);
 	struct bf_cred cr = cred_of(req);
 	struct bf_entry out;
 
@@ -512,6 +542,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
+	trace_op(req, "link", ino);
 	struct bf_entry out;
 
 	if (!name_too_long(req, newname))
@@ -520,17 +551,20 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	trace_op(req, "unlink", parent);
 	reply_status(req, bf_fs_unlink(ctx_of(req)->fs, parent, name));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	trace_op(req, "rmdir", parent);
 	reply_status(req, bf_fs_rmdir(ctx_of(req)->fs, parent, name));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
 		      const char *newname, unsigned flags)
 {
+	trace_op(req, "rename", parent);
 	if (!name_too_long(req, newname))
 		reply_status(req, bf_fs_rename(ctx_of(req)->fs, parent, name, newparent, newname, flags));
 }
@@ -561,6 +595,7 @@ static void setattr_of(const struct stat *a, int to_set, struct bf_setattr *s)
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
+	trace_op(req, "setattr", ino);
 	struct bf_fuse *c = ctx_of(req);
 	struct bf_setattr s;
 	struct stat st;
@@ -581,6 +616,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
+	trace_op(req, "create", parent);
 	struct bf_fuse *c = ctx_of(req);
 	struct bf_cred cr = cred_of(req);
 	struct fuse_entry_param e;
@@ -610,6 +646,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
+	trace_op(req, "write", ino);
 	(void)ino;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
@@ -624,6 +661,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
+	trace_op(req, "fsync", ino);
 	(void)fi;
 	reply_status(req, bf_fs_fsync(ctx_of(req)->fs, ino, datasync != 0));
 }
@@ -631,11 +669,13 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
 			int flags)
 {
+	trace_op(req, "setxattr", ino);
 	reply_status(req, bf_fs_setxattr(ctx_of(req)->fs, ino, name, value, size, flags));
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	trace_op(req, "removexattr", ino);
 	reply_status(req, bf_fs_removexattr(ctx_of(req)->fs, ino, name));
 }
 
@@ -643,6 +683,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
    read and write. */
 static void op_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *f)
 {
+	trace_op(req, "fallocate", i);
 	(void)i, (void)m, (void)o, (void)l, (void)f;
 	fuse_reply_err(req, ctx_of(req)->rw ? EOPNOTSUPP : EROFS);
 }
@@ -650,6 +691,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, 
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fuse_file_info *f, fuse_ino_t io,
 			       off_t oo, struct fuse_file_info *fo, size_t l, int fl)
 {
+	trace_op(req, "copy_file_range", i);
 	(void)i, (void)o, (void)f, (void)io, (void)oo, (void)fo, (void)l, (void)fl;
 	fuse_reply_err(req, ctx_of(req)->rw ? ENOSYS : EROFS);
 }

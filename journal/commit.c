@@ -260,6 +260,8 @@ int bf_commit(struct bf_fsinfo *fi)
 		return r;
 	}
 	bf_extalloc_committed(j->ea);
+	bf_trace("commit", "\"generation\":%" PRIu64 ",\"root\":%" PRIu64, get64(fi->super.generation),
+		 get64(fi->super.root));
 	commit_done(j, t);
 	return 0;
 }

@@ -255,6 +255,8 @@ int bf_txn_begin(struct bf_fsinfo *fi, struct bf_trans **out)
 		t = &j->trans;
 		bf_trans_init(t, &fi->env, fi->generation + 1, &j->ops, j);
 		bf_extalloc_begin(j->ea, t);
+		bf_trace_set_transid(t->transid);
+		bf_trace("transaction_start", NULL);
 		j->running = t;
 		clock_gettime(CLOCK_MONOTONIC, &j->running_since);
 		bf_journal_start_thread(j);
