@@ -6,7 +6,8 @@ mount works), unmounting with fusermount3 ending the daemon, fstab-style
 starts through mount(8) and mount.fuse3, an unprivileged user mounting an
 image of their own, the default mount options as root (allow_other and
 default_permissions: another user reads a world-readable file and is denied a
-0600 one), and the refusals: busy mountpoint, a second btrfs-fuse on the same
+0600 one), read-only by default and writable with `-o rw` (also from an fstab
+line without `ro`, as mount.fuse3 passes rw then), and the refusals: busy mountpoint, a second btrfs-fuse on the same
 image, an image the kernel has mounted.
 
 Needs root (mount, useradd, su). The binary is $BTRFS_FUSE, default
@@ -15,6 +16,7 @@ with mkfs.btrfs --rootdir; a subvolume `vol` is added through the kernel.
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -332,11 +334,48 @@ def test_default_options_as_root(image, mnt):
     assert {"ro", "default_permissions", "allow_other"} <= opts, opts
 
 
-def test_rw_is_ignored_with_a_note(image, mnt):
-    p = start(["-o", "rw", image, mnt])
+def assert_writable(mountpoint, name):
+    """A new file can be written, read back and removed at mountpoint (nothing is left)."""
+    path = os.path.join(mountpoint, name)
+    with open(path, "wb") as f:
+        f.write(b"written through btrfs-fuse\n")
+    with open(path, "rb") as f:
+        assert f.read() == b"written through btrfs-fuse\n"
+    os.unlink(path)
+    assert not os.path.lexists(path)
+
+
+def assert_read_only(mountpoint, name):
+    """Creating a file at mountpoint fails with EROFS."""
+    with pytest.raises(OSError) as e:
+        open(os.path.join(mountpoint, name), "wb")
+    assert e.value.errno == errno.EROFS, e.value
+
+
+@pytest.fixture
+def rw_image(image, workdir):
+    """A copy of the image for the tests that write (the other tests expect the original tree)."""
+    copy = os.path.join(workdir, "rw-copy.img")
+    shutil.copyfile(image, copy)
+    os.chmod(copy, 0o644)
+    yield copy
+    os.unlink(copy)
+
+
+def test_rw_gives_a_writable_mount(rw_image, mnt):
+    p = start(["-o", "rw", rw_image, mnt])
     assert p.returncode == 0, p.stderr
-    assert "read-only" in p.stderr
+    opts = mount_options(mnt)[2]
+    assert "rw" in opts and "ro" not in opts, opts
+    assert_writable(mnt, "new-file")
+    run(["fusermount3", "-u", mnt], check=True)
+    assert wait_until(lambda: not daemon_pids(mnt)), "the daemon did not end after fusermount3 -u"
+    # without rw the same image is read-only again
+    p = start([rw_image, mnt])
+    assert p.returncode == 0, p.stderr
     assert "ro" in mount_options(mnt)[2]
+    assert "new-file" not in os.listdir(mnt)
+    assert_read_only(mnt, "new-file")
 
 
 def test_noallow_other(image, mnt):
@@ -412,21 +451,28 @@ def test_mount_command_fstab_style(image, mnt):
     assert wait_until(lambda: not daemon_pids(mnt))
 
 
-def test_mount_fuse3_helper(image, workdir, mnt):
+def test_mount_fuse3_helper(rw_image, workdir, mnt):
     """What mount(8) does for an fstab line of type fuse.btrfs-fuse: mount.fuse3 looks the program up in
-    PATH and passes the options after the positionals, with rw, dev and suid added."""
+    PATH and passes the options after the positionals, with rw (unless the line says ro), dev and suid
+    added. rw gives a writable mount (as a kernel mount of that fstab line would be), ro a read-only one."""
     bindir = tempfile.mkdtemp(prefix="bin-", dir=workdir)
     os.symlink(BIN, os.path.join(bindir, "btrfs-fuse"))
     env = dict(os.environ, PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
     helper = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
-    p = run([helper, image, mnt, "-t", "fuse.btrfs-fuse", "-o",
-             "rw,subvolid=5,relatime,compress=zstd:3,space_cache=v2,_netdev"], env=env)
-    assert p.returncode == 0, p.stderr
-    fstype, _src, opts = mount_options(mnt)
-    assert fstype == "fuse.btrfs-fuse" and "ro" in opts
-    assert sorted(os.listdir(mnt)) == ["hello.txt", "secret", "sub", "vol"]
-    run(["umount", mnt], check=True)
-    assert wait_until(lambda: not daemon_pids(mnt))
+    for mode in ("rw", "ro"):
+        p = run([helper, rw_image, mnt, "-t", "fuse.btrfs-fuse", "-o",
+                 mode + ",subvolid=5,relatime,compress=zstd:3,space_cache=v2,_netdev"], env=env)
+        assert p.returncode == 0, p.stderr
+        fstype, _src, opts = mount_options(mnt)
+        assert fstype == "fuse.btrfs-fuse" and mode in opts, (mode, opts)
+        assert sorted(os.listdir(mnt)) == ["hello.txt", "secret", "sub", "vol"]
+        if mode == "rw":
+            assert "ro" not in opts, opts
+            assert_writable(mnt, "from-fstab")
+        else:
+            assert_read_only(mnt, "from-fstab")
+        run(["umount", mnt], check=True)
+        assert wait_until(lambda: not daemon_pids(mnt)), "the daemon did not end after umount (%s)" % mode
 
 
 # ---------------------------------------------------------- ordinary user

@@ -12,8 +12,8 @@ must work and free space, and writing must work again.  After unmount the image 
 was acknowledged (every byte, every xattr, no entry whose creation failed).  The same
 fill runs on the kernel first: btrfs-fuse must fit at least half as much.
 
-Off unless BTRFS_FUSE_WRITE_TESTS=1 (see test_write_diff.py); BTRFS_FUSE_SELFTEST=1
-puts a kernel mount on the btrfs-fuse side.
+Runs by default (`make test`); BTRFS_FUSE_SELFTEST=1 puts a kernel mount on the btrfs-fuse
+side.
 """
 
 import errno
@@ -22,13 +22,9 @@ import random
 
 import pytest
 
-if os.environ.get("BTRFS_FUSE_WRITE_TESTS", "") in ("", "0"):
-    pytest.skip("write tests are off until btrfs-fuse -o rw lands (BTRFS_FUSE_WRITE_TESTS=1 "
-                "runs them)", allow_module_level=True)
-
-import mounts  # noqa: E402
-import workload  # noqa: E402
-from workload import MiB  # noqa: E402
+import mounts
+import workload
+from workload import MiB
 
 IMAGE_SIZE = 256 * MiB
 CHUNK = MiB
@@ -310,7 +306,7 @@ def reference_capacity(d, fill):
 def run_full(name, fill, refill):
     ctx = workload.TestCtx(
         "ENOSPC test %s: 256 MiB image, default mkfs, side under test: %s" % (name, LABEL),
-        "BTRFS_FUSE_WRITE_TESTS=1 %s/usr/bin/python3 -m pytest -q "
+        "%s/usr/bin/python3 -m pytest -q "
         "tests/integration/test_enospc.py -k %s" % (
             "BTRFS_FUSE_SELFTEST=1 " if workload.SELFTEST else "", name),
         fuse_mount="-o " + FUSE_RW)

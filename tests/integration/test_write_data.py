@@ -37,6 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -232,6 +233,20 @@ def contents(root, names):
     return res
 
 
+NOTE_TIMEOUT = 10
+
+
+def wait_for_output(mnt, text, timeout=NOTE_TIMEOUT):
+    """The daemon's log gets `text`: the mount works before the daemon's note reaches its
+    log file, so poll for it (up to timeout seconds) instead of reading it once."""
+    deadline = time.monotonic() + timeout
+    while text not in mnt.stderr_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def scrub(img):
     with mounts.kernel_mount(img, options="rw") as k:
         p = run(["btrfs", "scrub", "start", "-B", k.path])
@@ -249,7 +264,8 @@ def test_data_layout_matches_kernel(variant, tmp_path):
     with mounts.kernel_mount(kimg, options="rw") as k:
         kblocks = run_ops(k.path, allsc)
     with mounts.fuse_mount(BIN, fimg, options="rw") as m:
-        assert "read-write" in m.stderr_text(), m.stderr_text()
+        assert wait_for_output(m, "read-write"), \
+            "no 'read-write' note from the daemon within %ds:\n%s" % (NOTE_TIMEOUT, m.stderr_text())
         fblocks = run_ops(m.path, allsc)
     bdiff = ["%s: kernel %s, btrfs-fuse %s" % (n, kblocks[n], fblocks[n]) for n in names if kblocks[n] != fblocks[n]]
     assert not bdiff, "st_blocks after each step differs from the kernel's:\n" + "\n".join(bdiff)

@@ -12,11 +12,10 @@ btrfs-fuse wrote must be a healthy btrfs: `btrfs check --readonly --check-data-c
 finds nothing, the kernel mounts it without complaint, shows the same tree, scrubs it
 clean, writes more to it, and btrfs-fuse then shows exactly what the kernel wrote.
 
-These tests are OFF unless BTRFS_FUSE_WRITE_TESTS=1 (until btrfs-fuse -o rw lands; when
-on and btrfs-fuse cannot write, they fail).
+These tests run by default (`make test`); the default size (20 seeds x 2000 operations
+and 4 corpus images) takes a few minutes.
 
 Environment:
-  BTRFS_FUSE_WRITE_TESTS=1     run these tests
   BTRFS_FUSE=PATH              binary under test (default <repo>/btrfs-fuse)
   BTRFS_FUSE_SELFTEST=1        check the tests: the btrfs-fuse side is a kernel mount
   BTRFS_FUSE_SOAK=1            many more seeds and operations, all corpus images
@@ -35,15 +34,11 @@ import time
 
 import pytest
 
-if os.environ.get("BTRFS_FUSE_WRITE_TESTS", "") in ("", "0"):
-    pytest.skip("write tests are off until btrfs-fuse -o rw lands (BTRFS_FUSE_WRITE_TESTS=1 "
-                "runs them)", allow_module_level=True)
-
-import corpus  # noqa: E402
-import mounts  # noqa: E402
-import treecmp  # noqa: E402
-import workload  # noqa: E402
-from workload import MiB  # noqa: E402
+import corpus
+import mounts
+import treecmp
+import workload
+from workload import MiB
 
 SOAK = os.environ.get("BTRFS_FUSE_SOAK", "0") not in ("", "0")
 BASE_SEED = int(os.environ.get("BTRFS_FUSE_WRITE_SEED", "1000"))
@@ -145,7 +140,7 @@ def variant(seed):
 @pytest.mark.parametrize("seed", SEEDS, ids=["seed-%d" % s for s in SEEDS])
 def test_write_diff(seed):
     opts = variant(seed)
-    repro = ("BTRFS_FUSE_WRITE_TESTS=1 BTRFS_FUSE_WRITE_SEED_LIST=%d BTRFS_FUSE_WRITE_OPS=%d "
+    repro = ("BTRFS_FUSE_WRITE_SEED_LIST=%d BTRFS_FUSE_WRITE_OPS=%d "
              "%s/usr/bin/python3 -m pytest -q tests/integration/test_write_diff.py"
              % (seed, NOPS, "BTRFS_FUSE_SELFTEST=1 " if workload.SELFTEST else ""))
     ctx = workload.TestCtx("write diff: seed=%d, %d operations, mkfs.btrfs %s (512 MiB), side under test: %s"
@@ -248,7 +243,7 @@ def test_corpus_roundtrip(name, corpus_manifests):
     seed = man["seed"] % 100000
     images = corpus.image_paths(None, man)
     kopts, fopts = KERNEL_RW + ",subvolid=5", FUSE_RW + ",subvolid=5"
-    repro = ("BTRFS_FUSE_WRITE_TESTS=1 %s/usr/bin/python3 -m pytest -q "
+    repro = ("%s/usr/bin/python3 -m pytest -q "
              "'tests/integration/test_write_diff.py::test_corpus_roundtrip[%s]'"
              % ("BTRFS_FUSE_SELFTEST=1 " if workload.SELFTEST else "", name))
     ctx = workload.TestCtx("corpus round trip: image=%s (%s), workload seed=%d, %d operations, side under "

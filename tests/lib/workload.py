@@ -30,6 +30,7 @@ fstat before any write); mount with nodev as well.
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import os
 import random
@@ -98,7 +99,7 @@ class Node:
     """One inode of the model. links: [(parent Node, name)] (dirs: at most one)."""
 
     __slots__ = ("nid", "kind", "size", "alloc", "links", "children", "xattrs", "target",
-                 "ex_atime", "ex_mtime", "pristine", "pinned", "hidden")
+                 "ex_atime", "ex_mtime", "pristine", "pinned", "hidden", "ro")
 
     def __init__(self, nid, kind, size=0, target=None, pristine=False):
         self.nid = nid
@@ -114,6 +115,7 @@ class Node:
         self.pristine = pristine          # adopted and never touched: every time compares
         self.pinned = False               # subvolume root / placeholder: never moved
         self.hidden = False               # never chosen at all (placeholder of a subvolume)
+        self.ro = False                   # in a read-only snapshot (dirs: entries never change)
 
 
 class IndexedSet:
@@ -287,6 +289,48 @@ def _fits(model, parent, name, limit=3800):
     return len(os.fsencode(model.path(parent, name))) < limit
 
 
+# Read-only snapshots: only single-reason failures.
+#
+# An operation that changes a directory inside a read-only snapshot fails with EROFS.  If
+# it would also fail for a second reason that the VFS itself checks, the two drivers
+# answer differently, and neither is wrong: the kernel's btrfs refuses in
+# btrfs_permission (called from may_delete / may_create, before the VFS looks at the file
+# types), while FUSE with default_permissions answers that permission check from the
+# mode bits alone (the mount is rw, so no EROFS there); the VFS then finds the type
+# mismatch and fails before the daemon ever hears of the operation, so no daemon can
+# answer EROFS first.  These VFS-checked second reasons are:
+#   rename (not EXCHANGE) over an existing entry of the other type (EISDIR / ENOTDIR),
+#   unlink of a directory (EISDIR), rmdir of a non-directory (ENOTDIR),
+#   link of a directory (EPERM).
+# So when the source or target directory is inside a read-only snapshot the generator
+# does not issue these.  Every reason the filesystem decides itself (EROFS against EXDEV,
+# ENOTEMPTY, ...) and every reason found during the lookup (ENOENT, EEXIST,
+# ENAMETOOLONG, on both drivers before any permission check) is still issued and
+# compared exactly, as is everything outside read-only snapshots.
+
+def _ro_double_fault(sparent, node, dparent, dst, flags):
+    """A rename touching a read-only snapshot that would also fail the VFS type check."""
+    if not (sparent.ro or dparent.ro) or flags == RENAME_EXCHANGE:
+        return False
+    if dst is None or dst is node:                 # same inode: 0 before any check
+        return False
+    return (node.kind == "dir") != (dst.kind == "dir")
+
+
+def _subvol_readonly(path):
+    """The BTRFS_SUBVOL_RDONLY flag of the subvolume whose root is `path` (kernel mounts)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        buf = fcntl.ioctl(fd, _BTRFS_IOC_SUBVOL_GETFLAGS, bytes(8))
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(buf, "little") & _BTRFS_SUBVOL_RDONLY)
+
+
+_BTRFS_IOC_SUBVOL_GETFLAGS = 0x80089419          # _IOR(0x94, 25, __u64)
+_BTRFS_SUBVOL_RDONLY = 1 << 1
+
+
 # ------------------------------------------------------------------------ workload
 
 class Workload:
@@ -312,6 +356,7 @@ class Workload:
         self.fd = None
         self.pinned_paths = []            # adopt(): subvolume roots, placeholders
         self.hidden_paths = []            # adopt(): placeholders
+        self.ro_paths = []                # adopt(): roots of read-only subvolumes (snapshots)
         self.ops = [
             (self.op_create, 8), (self.op_create_trunc, 2), (self.op_write, 16),
             (self.op_truncate, 5), (self.op_mkdir, 5), (self.op_mknod, 2), (self.op_symlink, 3),
@@ -541,6 +586,8 @@ class Workload:
             return self.op_create()
         sparent, sname, node = src
         parent, name = self.pick_new_place()
+        if parent.ro and node.kind == "dir":
+            return                                      # EROFS and EPERM: see _ro_double_fault
         srel, rel = self._p(sparent, sname), self._p(parent, name)
         ok, _ = self._do("link %s %s" % (_q(srel), _q(rel)),
                          lambda: os.link(srel, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd,
@@ -561,7 +608,9 @@ class Workload:
             e = self.pick_entry(("reg", "lnk", "fifo", "chr", "blk", "sock"))
         if not e or (e[2] is not None and e[2].pinned):
             return
-        parent, name, _n = e
+        parent, name, n = e
+        if parent.ro and n is not None and n.kind == "dir":
+            return                                      # EROFS and EISDIR: see _ro_double_fault
         rel = self._p(parent, name)
         ok, _ = self._do("unlink %s" % _q(rel), lambda: os.unlink(rel, dir_fd=self.fd))
         if ok:
@@ -583,7 +632,9 @@ class Workload:
             e = self.pick_entry(("dir",))
         if not e or e[2].pinned:
             return
-        parent, name, _n = e
+        parent, name, n = e
+        if parent.ro and n.kind != "dir":
+            return                                      # EROFS and ENOTDIR: see _ro_double_fault
         rel = self._p(parent, name)
         ok, _ = self._do("rmdir %s" % _q(rel), lambda: os.rmdir(rel, dir_fd=self.fd))
         if ok:
@@ -635,6 +686,8 @@ class Workload:
             if not e or e[2].pinned:
                 return
             dparent, dname, dst = e
+        if _ro_double_fault(sparent, node, dparent, dst, flags):
+            return
         srel, drel = self._p(sparent, sname), self._p(dparent, dname)
         name = {0: "rename", RENAME_NOREPLACE: "rename_noreplace",
                 RENAME_EXCHANGE: "rename_exchange"}[flags]
@@ -1067,15 +1120,18 @@ class Workload:
         placeholder directories that stand for nested subvolumes in snapshots (inode 2)
         are hidden: never chosen (the kernel makes them up in memory: a chmod or utime on
         one succeeds and is forgotten).  Both are detected from inode numbers, which only a
-        kernel mount shows: adopt the kernel side first and pass it as `like` to the other."""
+        kernel mount shows: adopt the kernel side first and pass it as `like` to the other.
+        Likewise the read-only flag of subvolumes (an ioctl only the kernel answers): every
+        inode of a read-only snapshot is marked ro (see "Read-only snapshots" above)."""
         m = self.model
         if like is not None:
             pinned, hidden = set(like.pinned_paths), set(like.hidden_paths)
+            ro_roots = set(like.ro_paths)
         ids = {}
-        stack = [(os.fspath(root), m.root, ".", ".")]
+        stack = [(os.fspath(root), m.root, ".", ".", False)]
         m.root.pristine = True
         while stack:
-            apath, dnode, rel, subvol = stack.pop()
+            apath, dnode, rel, subvol, ro = stack.pop()
             for name in sorted(_listdir_noatime(apath)):
                 p = os.path.join(apath, name)
                 crel = name if rel == "." else rel + "/" + name
@@ -1087,6 +1143,7 @@ class Workload:
                     continue
                 n = m.new(kind, size=st.st_size, pristine=True,
                           target=os.readlink(p) if kind == "lnk" else None)
+                n.ro = ro
                 n.xattrs = {x: len(os.getxattr(p, x, follow_symlinks=False))
                             for x in sorted(os.listxattr(p, follow_symlinks=False))
                             if x.startswith("user.")}
@@ -1100,13 +1157,18 @@ class Workload:
                     if n.pinned:
                         self.pinned_paths.append(crel)
                         csub = crel
+                    if n.pinned and not n.hidden:    # a subvolume root: its own flag
+                        n.ro = (_subvol_readonly(p) if like is None else crel in ro_roots)
+                        if n.ro:
+                            self.ro_paths.append(crel)
                     if n.hidden:
                         self.hidden_paths.append(crel)
                 m.add_link(dnode, name, n)
                 if kind == "dir" and not n.hidden:
-                    stack.append((p, n, crel, csub))
+                    stack.append((p, n, crel, csub, n.ro))
         self.pinned_paths.sort()
         self.hidden_paths.sort()
+        self.ro_paths.sort()
         return self
 
     # -------------------------------------------------------------- checking
