@@ -60,23 +60,6 @@ static void open_devices(const char *const *paths, int n, struct dev_open *d, in
 	}
 }
 
-static void fill_from_super(struct bf_fsinfo *fi)
-{
-	const struct bf_super *sb = &fi->super;
-	fi->incompat = get64(sb->incompat_flags);
-	fi->compat_ro = get64(sb->compat_ro_flags);
-	fi->generation = get64(sb->generation);
-	fi->sectorsize = get32(sb->sectorsize);
-	fi->nodesize = get32(sb->nodesize);
-	fi->csum_type = get16(sb->csum_type);
-	fi->csum_size = bf_csum_size(fi->csum_type);
-	fi->log_root = get64(sb->log_root);
-	fi->readonly = true;
-	fi->tree_root = (struct bf_root){ BF_ROOT_TREE_OBJECTID, get64(sb->root), fi->generation, sb->root_level };
-	fi->chunk_root = (struct bf_root){ BF_CHUNK_TREE_OBJECTID, get64(sb->chunk_root),
-					   get64(sb->chunk_root_generation), sb->chunk_root_level };
-}
-
 /* Hand the opened devices of the same filesystem to the volume; close the others. */
 static void add_devices(struct bf_fsinfo *fi, const char *const *paths, struct dev_open *d, int n)
 {
@@ -147,7 +130,8 @@ static int open_partial(const char *const *paths, int n, struct insp_fs *fs)
 		return -EINVAL;
 	}
 	fi->super = d[newest].sb;
-	fill_from_super(fi);
+	bf_fsinfo_from_super(fi);
+	fi->readonly = true;
 	bf_vol_init(&fi->vol, fi->super.fsid, fi->sectorsize, get64(fi->super.num_devices));
 	add_devices(fi, paths, d, n);
 	free(d);

@@ -59,6 +59,9 @@ struct bf_fsinfo {
 };
 
 int bf_fsinfo_open(const struct bf_open_opts *o, struct bf_fsinfo **out, char *err, size_t errlen);
+/* Fill the decoded fields (features, sizes, csum type, tree and chunk roots) from fi->super; used by open and by
+   the inspector's best-effort open of damaged images. */
+void bf_fsinfo_from_super(struct bf_fsinfo *fi);
 void bf_fsinfo_close(struct bf_fsinfo *fi);
 
 /* Find a tree's root item in the root tree (the newest: highest key offset for that objectid).

@@ -174,7 +174,7 @@ static int find_global_roots(struct bf_fsinfo *fi, char *err, size_t errlen)
 	return r;
 }
 
-static void fill_from_super(struct bf_fsinfo *fi)
+void bf_fsinfo_from_super(struct bf_fsinfo *fi)
 {
 	const struct bf_super *sb = &fi->super;
 	fi->incompat = get64(sb->incompat_flags);
@@ -257,7 +257,7 @@ int bf_fsinfo_open(const struct bf_open_opts *o, struct bf_fsinfo **out, char *e
 	bool vol_ready = false;
 	if (!r) {
 		fi->super = d[newest].sb;
-		fill_from_super(fi);
+		bf_fsinfo_from_super(fi);
 		fi->readonly = !o->writable;
 		bf_vol_init(&fi->vol, fi->super.fsid, fi->sectorsize, get64(fi->super.num_devices));
 		vol_ready = true;
