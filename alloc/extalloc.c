@@ -199,6 +199,9 @@ static int op_alloc_tree_block(void *ctx, uint64_t owner, int level, uint64_t *b
 		ret = ea_alloc_space(ea, kind, ea->nodesize, ea->nodesize, ea->nodesize, ea->cursor[kind], bytenr, &got);
 	if (!ret && (ret = new_head(ea, *bytenr, ea->nodesize, false, level)) != 0)
 		ea_unreserve(ea, *bytenr, ea->nodesize);
+	if (!ret)
+		bf_trace("alloc", "\"kind\":\"tree_block\",\"bytenr\":%" PRIu64 ",\"bytes\":%u,\"owner\":%" PRIu64
+			 ",\"level\":%d", *bytenr, ea->nodesize, owner, level);
 	return ret;
 }
 
@@ -222,6 +225,8 @@ static void op_free_tree_block(void *ctx, uint64_t bytenr, uint64_t owner, int l
 	struct bf_extalloc *ea = ctx;
 	struct ea_head *h = dt_find(&ea->refs, bytenr);
 	int ret = ea_queue_tree_ref(ea, bytenr, 0, owner, level, -1);
+	bf_trace("free", "\"kind\":\"tree_block\",\"bytenr\":%" PRIu64 ",\"owner\":%" PRIu64 ",\"level\":%d",
+		 bytenr, owner, level);
 	if (!ret && h && h->must_insert && !h->nrefs && !h->set_flags) {
 		dt_remove(&ea->refs, h); /* never reached the extent tree: reusable at once */
 		ret = ea_unreserve(ea, bytenr, ea->nodesize);
@@ -309,6 +314,8 @@ int bf_extalloc_data(struct bf_extalloc *ea, uint64_t len, uint64_t hint, uint64
 		dt_remove(&ea->refs, dt_find(&ea->refs, *bytenr));
 	if (ret)
 		ea_unreserve(ea, *bytenr, *got);
+	else
+		bf_trace("alloc", "\"kind\":\"data\",\"bytenr\":%" PRIu64 ",\"bytes\":%" PRIu64, *bytenr, *got);
 	return ret;
 }
 

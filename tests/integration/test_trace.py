@@ -51,6 +51,8 @@ def test_trace_read_and_write(image, tmp_path):
         for i in range(300):
             with open(os.path.join(mnt, "d", "file-%03d" % i), "w") as f:
                 f.write("x" * 3000)
+        with open(os.path.join(mnt, "big"), "wb") as f:
+            f.write(os.urandom(1 << 20))
 
     trace = session(image, tmp_path, "rw", write)
     for _ in range(100):  # the final commit happens after fusermount3 returns
@@ -59,7 +61,11 @@ def test_trace_read_and_write(image, tmp_path):
         time.sleep(0.1)
     evs = events(trace)
     kinds = {e["event"] for e in evs}
-    assert {"fuse", "search", "cow", "split", "transaction_start", "commit"} <= kinds, kinds
+    assert {"fuse", "search", "cow", "split", "alloc", "free", "ref", "transaction_start", "commit"} <= kinds, kinds
+    data = [e for e in evs if e["event"] == "alloc" and e["kind"] == "data"]
+    refs = [e for e in evs if e["event"] == "ref"]
+    assert any(e["bytes"] == 1 << 20 for e in data), data
+    assert any(r["extent"] == d["bytenr"] and r["delta"] == 1 for d in data for r in refs), (data, refs)
     ops = {e["op"] for e in evs if e["event"] == "fuse"}
     assert {"mkdir", "create", "write"} <= ops, ops
     cow = [e for e in evs if e["event"] == "cow"]
@@ -75,6 +81,6 @@ def test_trace_read_and_write(image, tmp_path):
     evs = events(trace)
     kinds = {e["event"] for e in evs}
     assert {"fuse", "search", "block_read"} <= kinds, kinds
-    assert not kinds & {"cow", "commit", "split"}, kinds
+    assert not kinds & {"cow", "commit", "split", "alloc", "free", "ref"}, kinds
     searches = [e for e in evs if e["event"] == "search"]
     assert all(len(e["key"]) == 3 and isinstance(e["found"], bool) for e in searches)
