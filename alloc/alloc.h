@@ -198,11 +198,8 @@ void bf_extalloc_abort(struct bf_extalloc *ea);
    for statfs. Metadata reservation: a writer reserves room for the tree blocks its change may need before
    starting it (items * nodesize * BF_MAX_LEVEL * 2, the kernel's btrfs_calc_insert_metadata_size), so that a full
    filesystem fails the write with -ENOSPC and never a commit: what stays free must cover the global reserve
-   (sized like the kernel's), all outstanding reservations and the queued changes' commit. Reservations may
-   overcommit by an eighth of the metadata space new chunks could still add (the kernel's btrfs_can_overcommit);
-   a metadata chunk is made only when that is still short. Buffered file data holds reservations too (per range:
-   file extent items and csum items; per inode: one inode update), released when it is flushed. On -ENOSPC a
-   commit (which unpins freed space and flushes buffered data) may make room: commit and retry once. */
+   (sized like the kernel's), all outstanding reservations and the queued changes' commit; a metadata chunk is
+   made first if that helps. On -ENOSPC a commit (which unpins freed space) may make room: commit and retry once. */
 uint64_t bf_extalloc_bytes_used(const struct bf_extalloc *ea);
 /* DEV_ITEM.bytes_used of a device (for the dev_item of each device's superblock); 0 for an unknown devid. */
 uint64_t bf_extalloc_dev_bytes_used(const struct bf_extalloc *ea, uint64_t devid);

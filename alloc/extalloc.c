@@ -349,21 +349,14 @@ void bf_extalloc_data_unused(struct bf_extalloc *ea, uint64_t bytenr, uint64_t l
    item and a free space tree entry (about 256 bytes with their share of copied leaves). */
 static uint64_t pending_commit_bytes(const struct bf_extalloc *ea) { return (uint64_t)ea->refs.count * 256; }
 
-/* The kernel's btrfs_can_overcommit: reservations are worst cases (every level of the tree copied), far above
-   what changes really take, so they may exceed the free metadata by an eighth of what new metadata chunks could
-   still add (BTRFS_RESERVE_FLUSH_ALL). Only when even that is short is a metadata chunk made (flush_space's
-   ALLOC_CHUNK); otherwise the tree block allocation makes one when it really runs out. */
-static uint64_t overcommit_room(const struct bf_extalloc *ea) { return chunk_unallocated(ea, EA_META) / 8; }
-
 int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items)
 {
 	uint64_t need = insert_size(ea, items), keep = global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea);
-
 	if (ea->error)
 		return ea->error;
 	for (int attempt = 0; attempt < 2; attempt++) {
-		uint64_t room = ea_free_bytes(ea, EA_META) + overcommit_room(ea);
-		if (room >= keep && room - keep >= need) {
+		uint64_t free_b = ea_free_bytes(ea, EA_META);
+		if (free_b >= keep && free_b - keep >= need) {
 			ea->meta_reserved += need;
 			return 0;
 		}

@@ -21,8 +21,6 @@
  * else the holes its extent maps show) and counts them until the flush adds them to nbytes. Each inode keeps them
  * in a mark map beside its data; an overwrite of an extent is not counted (nbytes already holds it, and the flush
  * that replaces the extent leaves nbytes as it was).
- * Buffered bytes hold a metadata reservation for their flush (the kernel's btrfs_delalloc_reserve_metadata), taken
- * before anything is buffered: a full filesystem fails the write with ENOSPC instead of failing the commit.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -40,7 +38,6 @@ struct dinode {
 	uint64_t root, ino;
 	struct bf_dmap map;
 	struct bf_dmap fresh; /* marks: the sectors of map that had no extent when buffered (delalloc "new" bytes) */
-	uint64_t items;       /* metadata items reserved for flushing map (meta_items of its ranges, + 1 inode) */
 	struct dinode *next;
 };
 
@@ -133,9 +130,8 @@ static struct dinode *dinode_get(struct bf_wstate *ws, uint64_t root, uint64_t i
 	return d;
 }
 
-/* Take d out of the table and free it with whatever it still buffers, giving back its metadata reservation to
-   ea (NULL: the allocator is gone or reset, at unmount or after an abort). */
-static void dinode_remove(struct bf_wstate *ws, struct dinode *d, struct bf_extalloc *ea)
+/* Take d out of the table and free it with whatever it still buffers. */
+static void dinode_remove(struct bf_wstate *ws, struct dinode *d)
 {
 	struct dinode **pp = &ws->buckets[bucket_of(ws, d->root, d->ino)];
 
@@ -144,8 +140,6 @@ static void dinode_remove(struct bf_wstate *ws, struct dinode *d, struct bf_exta
 	*pp = d->next;
 	ws->count--;
 	ws->dirty -= d->map.bytes;
-	if (ea && d->items)
-		bf_extalloc_release_meta(ea, d->items);
 	bf_dmap_clear(&d->map);
 	bf_dmap_clear(&d->fresh);
 	free(d);
@@ -159,7 +153,7 @@ void bf_data_close(struct bf_fs *fs)
 		return;
 	for (size_t i = 0; i < ws->nbuckets; i++)
 		while (ws->buckets[i])
-			dinode_remove(ws, ws->buckets[i], NULL);
+			dinode_remove(ws, ws->buckets[i]);
 	free(ws->buckets);
 	free(ws);
 	fs->wstate = NULL;
@@ -300,85 +294,13 @@ static int mark_fresh(struct wctx *w, struct dinode *d, uint64_t off, uint64_t l
 	return mark_holes(w, d, a, b);
 }
 
-/* ---------------- metadata reservation ----------------
- * As the kernel's btrfs_delalloc_reserve_metadata: buffered bytes hold a reservation of the metadata their flush
- * will change, so that a full filesystem refuses the write with ENOSPC instead of failing the commit. A range
- * needs per extent of at most BF_MAX_EXTENT_SIZE one file extent item, plus the csum items of its sectors; an
- * inode with buffered bytes one inode update. d->items always equals that need for d's map: a write reserves the
- * growth before it buffers anything, merging and cutting give back what is no longer needed, and the rest is
- * given back when the inode's ranges are flushed (after the flush's tree changes) or dropped. */
-
-static uint64_t meta_items(const struct wctx *w, uint64_t len)
-{
-	uint64_t extents = (len + BF_MAX_EXTENT_SIZE - 1) / BF_MAX_EXTENT_SIZE, per = bf_csum_item_max(w->c.fs->fi);
-	uint64_t nsect = (len + w->ss - 1) / w->ss;
-
-	if (get64(w->ii.flags) & BF_INODE_NODATASUM || per == 0)
-		return extents;
-	return extents + (nsect + per - 1) / per;
-}
-
-/* The items d needs once [off, off + len) is written into its map: the ranges that write merges (those it
-   overlaps or touches) become one. */
-static uint64_t items_after_write(const struct wctx *w, const struct dinode *d, uint64_t off, uint64_t len)
-{
-	uint64_t a = off, b = off + len, pos = off ? off - 1 : 0, end = b < UINT64_MAX ? b + 1 : b, merged = 0;
-	const struct bf_drange *r;
-
-	while (pos < end && (r = bf_dmap_find(&d->map, pos, end)) != NULL) {
-		merged += meta_items(w, r->end - r->start);
-		a = bf_min64(a, r->start);
-		b = bf_max64(b, r->end);
-		pos = r->end;
-	}
-	return (d->items > merged ? d->items - merged : 0) + meta_items(w, b - a) + (d->map.count ? 0 : 1);
-}
-
-/* Move d's reservation to want items: reserving more may fail with -ENOSPC (the caller's commit-and-retry frees
-   what flushed data held), giving back always works. */
-static int reserve_to(struct wctx *w, struct dinode *d, uint64_t want)
-{
-	if (!w->c.ea)
-		return -EROFS;
-	if (want > d->items) {
-		int ret = bf_extalloc_reserve_meta(w->c.ea, want - d->items);
-		if (ret)
-			return ret;
-	} else if (want < d->items) {
-		bf_extalloc_release_meta(w->c.ea, d->items - want);
-	}
-	d->items = want;
-	return 0;
-}
-
-/* The items d needs once its map is cut at off. */
-static uint64_t items_after_cut(const struct wctx *w, const struct dinode *d, uint64_t off)
-{
-	uint64_t items = d->items;
-	const struct bf_drange *r;
-
-	for (uint64_t pos = off; (r = bf_dmap_find(&d->map, pos, UINT64_MAX)) != NULL; pos = r->end) {
-		uint64_t had = meta_items(w, r->end - r->start);
-		items = items > had ? items - had : 0;
-		if (r->start < off)
-			items += meta_items(w, off - r->start);
-		if (r->end == UINT64_MAX)
-			break;
-	}
-	return items;
-}
-
-/* Every change of a map goes through dmap_put (or dmap_add) and dmap_cut, which keep the total of buffered bytes,
-   the new delalloc marks and the metadata reservation. */
+/* Every change of a map goes through dmap_put (or dmap_add) and dmap_cut, which keep the total of buffered bytes
+   and the new delalloc marks. */
 static int dmap_put(struct wctx *w, struct dinode *d, uint64_t off, const void *buf, size_t len)
 {
-	uint64_t before = d->map.bytes, items = d->items;
-	int ret = len ? reserve_to(w, d, items_after_write(w, d, off, len)) : 0;
+	uint64_t before = d->map.bytes;
+	int ret = bf_dmap_write(&d->map, off, buf, len);
 
-	if (ret == 0)
-		ret = bf_dmap_write(&d->map, off, buf, len);
-	if (ret == -ENOMEM || ret == -EFBIG)
-		(void)reserve_to(w, d, items); /* the map is unchanged */
 	w->c.fs->wstate->dirty += d->map.bytes - before;
 	return ret;
 }
@@ -397,11 +319,10 @@ static int dmap_add(struct wctx *w, struct dinode *d, uint64_t off, const void *
 
 static void dmap_cut(struct wctx *w, struct dinode *d, uint64_t off)
 {
-	uint64_t before = d->map.bytes, items = items_after_cut(w, d, off);
+	uint64_t before = d->map.bytes;
 
 	bf_dmap_truncate(&d->map, off);
 	bf_dmap_truncate(&d->fresh, off);
-	(void)reserve_to(w, d, d->map.count ? items : 0);
 	w->c.fs->wstate->dirty -= before - d->map.bytes;
 }
 
@@ -595,7 +516,7 @@ static int flush_dinode(struct bf_fs *fs, struct bf_trans *t, struct dinode *d)
 	if (ret)
 		bf_log(BF_LOG_ERR, "cannot write the data of inode %llu (subvol %llu): %s",
 		       (unsigned long long)d->ino, (unsigned long long)d->root, strerror(-ret));
-	dinode_remove(ws, d, w.c.ea);
+	dinode_remove(ws, d);
 	return ret;
 }
 
@@ -657,7 +578,7 @@ static int end(struct wctx *w, struct dinode *d, int ret, bool store)
 	if (ret == 0 && store)
 		ret = inode_store(w);
 	if (d && d->map.count == 0)
-		dinode_remove(w->c.fs->wstate, d, w->c.ea);
+		dinode_remove(w->c.fs->wstate, d);
 	return ret;
 }
 
@@ -753,7 +674,7 @@ int bf_data_evict(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t 
 		return -ENOMEM;
 	d = dinode_find(fs->wstate, root, ino);
 	if (d)
-		dinode_remove(fs->wstate, d, bf_txn_alloc(fs->fi));
+		dinode_remove(fs->wstate, d);
 	ret = fctx_init(&c, fs, t, root, ino);
 	if (ret == 0)
 		ret = bf_fext_drop(&c, 0, UINT64_MAX, NULL);
