@@ -146,6 +146,8 @@ int bf_wop_end(struct bf_wop *op, int ret);
 int bf_wop_reserve(struct bf_wop *op, uint64_t items, bool fallback);
 /* The live root of subvolume `subvol` in op's transaction (-EROFS for a read-only snapshot). */
 int bf_wop_root(struct bf_wop *op, uint64_t subvol, struct bf_root **root);
+/* The last key at or below max in subvolume tree `subvol` (live root): 0 and *found, -ENOENT if none, or an errno. */
+int bf_wop_last_key(struct bf_wop *op, uint64_t subvol, const struct bf_key *max, struct bf_key *found);
 
 /* The current time as the kernel's current_time() stamps inodes. */
 void bf_now(struct bf_timespec *ts);

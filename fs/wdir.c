@@ -187,30 +187,18 @@ void bf_dir_index_init(struct bf_fs *fs, uint64_t root, uint64_t dir)
 /* The kernel's btrfs_set_inode_index_count: the last DIR_INDEX key + 1, or 2. */
 static int index_from_tree(struct bf_wop *op, uint64_t root, uint64_t dir, uint64_t *next)
 {
-	struct bf_key key = { dir, BF_DIR_INDEX_KEY, UINT64_MAX };
-	struct bf_root *tree;
-	struct bf_path p;
-	int r = bf_wop_root(op, root, &tree);
+	struct bf_key key = { dir, BF_DIR_INDEX_KEY, UINT64_MAX }, k;
+	int r = bf_wop_last_key(op, root, &key, &k);
 
-	if (r)
-		return r;
 	*next = DIR_START_INDEX;
-	bf_path_init(&p, op->fs->env);
-	r = bf_search_le(op->fs->env, tree, &key, &p);
-	if (r >= 0) {
-		struct bf_key k = bf_path_key(&p);
-		r = 0;
-		if (k.objectid == dir && k.type == BF_DIR_INDEX_KEY) {
-			if (k.offset >= (uint64_t)INT64_MAX)
-				r = bf_corrupt(root, dir, &k, "directory index beyond the largest listing offset");
-			else
-				*next = k.offset + 1;
-		}
-	} else if (r == -ENOENT) {
-		r = 0;
-	}
-	bf_path_release(&p);
-	return r;
+	if (r)
+		return r == -ENOENT ? 0 : r;
+	if (k.objectid != dir || k.type != BF_DIR_INDEX_KEY)
+		return 0;
+	if (k.offset >= (uint64_t)INT64_MAX)
+		return bf_corrupt(root, dir, &k, "directory index beyond the largest listing offset");
+	*next = k.offset + 1;
+	return 0;
 }
 
 int bf_dir_index_next(struct bf_wop *op, uint64_t root, uint64_t dir, uint64_t *index)

@@ -106,26 +106,15 @@ int bf_wino_save(struct bf_wop *op, struct bf_wino *w)
 
 static int find_free_objectid(struct bf_wop *op, uint64_t root, uint64_t *next)
 {
-	struct bf_key key = { BF_LAST_FREE_OBJECTID, 0xff, UINT64_MAX };
-	struct bf_root *tree;
-	struct bf_path p;
-	int r = bf_wop_root(op, root, &tree);
+	struct bf_key key = { BF_LAST_FREE_OBJECTID, 0xff, UINT64_MAX }, k;
+	int r = bf_wop_last_key(op, root, &key, &k);
 
-	if (r)
-		return r;
-	bf_path_init(&p, op->fs->env);
-	r = bf_search_le(op->fs->env, tree, &key, &p);
 	*next = BF_FIRST_FREE_OBJECTID;
-	if (r >= 0) {
-		struct bf_key k = bf_path_key(&p);
-		if (k.objectid + 1 > *next)
-			*next = k.objectid + 1;
-		r = 0;
-	} else if (r == -ENOENT) {
-		r = 0;
-	}
-	bf_path_release(&p);
-	return r;
+	if (r)
+		return r == -ENOENT ? 0 : r;
+	if (k.objectid + 1 > *next)
+		*next = k.objectid + 1;
+	return 0;
 }
 
 int bf_alloc_objectid(struct bf_wop *op, uint64_t root, uint64_t *ino)

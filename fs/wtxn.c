@@ -128,6 +128,24 @@ int bf_wop_root(struct bf_wop *op, uint64_t subvol, struct bf_root **root)
 	return r;
 }
 
+int bf_wop_last_key(struct bf_wop *op, uint64_t subvol, const struct bf_key *max, struct bf_key *found)
+{
+	struct bf_root *tree;
+	struct bf_path p;
+	int r = bf_wop_root(op, subvol, &tree);
+
+	if (r)
+		return r;
+	bf_path_init(&p, op->fs->env);
+	r = bf_search_le(op->fs->env, tree, max, &p);
+	if (r >= 0) {
+		*found = bf_path_key(&p);
+		r = 0;
+	}
+	bf_path_release(&p);
+	return r;
+}
+
 /* ---------------- times and sequence ---------------- */
 
 void bf_now(struct bf_timespec *ts)
