@@ -67,10 +67,11 @@ def _kernel_manifest(images, options, ctx):
     try:
         with mounts.kernel_mount(images, options) as m:
             man = treecmp.walk(m, seek_holes=True)
+            loops = list(m.loops)
     except mounts.MountError as e:
         pytest.fail("%s\nkernel mount failed (the corpus image or the harness is broken):\n%s"
                     % (ctx, e), pytrace=False)
-    errs = mounts.dmesg_btrfs_errors(marker)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     if errs:
         pytest.fail("%s\nthe kernel logged BTRFS problems for this image:\n  %s"
                     % (ctx, "\n  ".join(errs)), pytrace=False)

@@ -345,7 +345,8 @@ def _kernel_shows(img):
     marker = mounts.dmesg_marker()
     with mounts.kernel_mount(img, options="ro") as k:
         man = manifest(k.path)
-    errs = mounts.dmesg_btrfs_errors(marker)
+        loops = list(k.loops)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "the kernel complained mounting the btrfs-fuse image:\n" + "\n".join(errs)
     return man
 
@@ -401,9 +402,11 @@ def _matches_kernel(variant, tmp, binary):
     marker = mounts.dmesg_marker()
     with mounts.kernel_mount(fimg, options="rw") as k:
         _kernel_more(k.path)
+        loops = list(k.loops)
     with mounts.kernel_mount(fimg, options="ro") as k:
         after = manifest(k.path)
-    errs = mounts.dmesg_btrfs_errors(marker)
+        loops += k.loops
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "the kernel complained changing the btrfs-fuse image:\n" + "\n".join(errs)
     check(fimg, "the kernel's changes on top (%s)" % variant)
     with fuse_rw(fimg, binary=binary) as m:
@@ -478,7 +481,8 @@ def _fuse_matches_kernel(imgs, change, what):
     marker = mounts.dmesg_marker()
     with mounts.kernel_mount(imgs, options="ro") as k:
         shown = manifest(k.path)
-    errs = mounts.dmesg_btrfs_errors(marker)
+        loops = list(k.loops)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "the kernel complained (%s):\n%s" % (what, "\n".join(errs))
     problems = diff(live, shown, ("btrfs-fuse", "kernel"), ignore=("atime",))
     assert not problems, "the kernel shows something else (%s):\n%s" % (what, "\n".join(problems[:40]))

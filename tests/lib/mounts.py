@@ -539,10 +539,26 @@ def _read_kmsg():
     return recs
 
 
-def dmesg_btrfs_errors(since_marker, benign=BENIGN_KERNEL_MESSAGES, levels=("warning", "error", "critical", "alert", "emerg")):
+# Device-less kernel lines that other sessions' mounts cause (an option warning).
+OTHERS_MESSAGES = [r"excessive commit interval"]
+
+
+def _concerns(msg, devices):
+    """Whether a kernel line may concern one of `devices` (loop device paths): the kernel log
+    is shared with every other test running on this machine, so a line naming another
+    device is theirs, and so are the known device-less option warnings."""
+    if any(re.search(b, msg) for b in OTHERS_MESSAGES):
+        return False
+    dev = re.search(r"\(device ([^)]+)\)", msg)
+    return not dev or os.path.basename(dev.group(1)) in {os.path.basename(d) for d in devices}
+
+
+def dmesg_btrfs_errors(since_marker, benign=BENIGN_KERNEL_MESSAGES,
+                       levels=("warning", "error", "critical", "alert", "emerg"), devices=None):
     """BTRFS warning/error/critical kernel log lines written after the marker.
 
-    Lines matching any regex in `benign` are dropped.  If the marker is None
+    Lines matching any regex in `benign` are dropped.  With `devices` (the loop devices of
+    the mount being checked, Mount.loops), lines about other devices are dropped too.  If the marker is None
     (kmsg not writable) or not found (ring buffer wrapped), all BTRFS lines
     currently in the log are considered, prefixed with a note.
     """
@@ -560,7 +576,8 @@ def dmesg_btrfs_errors(since_marker, benign=BENIGN_KERNEL_MESSAGES, levels=("war
     out = []
     for msg in recs[start:]:
         if pat.search(msg) and not any(re.search(b, msg) for b in benign or ()):
-            out.append(msg)
+            if devices is None or _concerns(msg, devices):
+                out.append(msg)
     if out and not found:
         out.insert(0, "(marker %r not found in kernel log; showing all)" % since_marker)
     return out

@@ -1511,22 +1511,9 @@ def check_image(ctx, images, when):
         ctx.fail("btrfs check of the image %s found problems:\n%s" % (when, report))
 
 
-# Kernel messages from other test sessions' mounts that carry no device name.
-OTHERS_MESSAGES = [r"excessive commit interval"]
-
-
 def _our_kernel_errors(mounts, marker, loops):
-    """BTRFS warnings/errors since marker that concern our loop devices (the kernel log is
-    shared with every other session on this machine: lines naming another device are
-    theirs, and so are a few known device-less option warnings)."""
-    ours = []
-    for line in mounts.dmesg_btrfs_errors(marker, benign=mounts.BENIGN_KERNEL_MESSAGES
-                                          + OTHERS_MESSAGES):
-        dev = re.search(r"\(device ([^)]+)\)", line)
-        if dev and os.path.basename(dev.group(1)) not in {os.path.basename(l) for l in loops}:
-            continue
-        ours.append(line)
-    return ours
+    """BTRFS warnings/errors since marker that concern our loop devices."""
+    return mounts.dmesg_btrfs_errors(marker, devices=loops)
 
 
 @contextlib.contextmanager
