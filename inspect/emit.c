@@ -163,7 +163,8 @@ static void text_label(struct emit *e, const char *label)
 
 /* ---- fields ---- */
 
-void em_u64(struct emit *e, const char *label, uint64_t v)
+/* An unsigned number: decimal in JSON, in the text dump as conv says ('u' decimal, 'o' octal, 'x' hex). */
+static void em_unsigned(struct emit *e, const char *label, uint64_t v, char conv)
 {
 	if (e->json) {
 		json_member(e, label);
@@ -171,40 +172,31 @@ void em_u64(struct emit *e, const char *label, uint64_t v)
 		return;
 	}
 	text_label(e, label);
-	fprintf(e->f, "%llu", (unsigned long long)v);
+	fprintf(e->f, conv == 'o' ? "%llo" : conv == 'x' ? "%llx" : "%llu", (unsigned long long)v);
+}
+
+void em_u64(struct emit *e, const char *label, uint64_t v)
+{
+	em_unsigned(e, label, v, 'u');
 }
 
 void em_i64(struct emit *e, const char *label, int64_t v)
 {
-	if (e->json) {
+	if (e->json)
 		json_member(e, label);
-		fprintf(e->f, "%lld", (long long)v);
-		return;
-	}
-	text_label(e, label);
+	else
+		text_label(e, label);
 	fprintf(e->f, "%lld", (long long)v);
 }
 
 void em_octal(struct emit *e, const char *label, uint64_t v)
 {
-	if (e->json) {
-		json_member(e, label);
-		fprintf(e->f, "%llu", (unsigned long long)v);
-		return;
-	}
-	text_label(e, label);
-	fprintf(e->f, "%llo", (unsigned long long)v);
+	em_unsigned(e, label, v, 'o');
 }
 
 void em_hexnum(struct emit *e, const char *label, uint64_t v)
 {
-	if (e->json) {
-		json_member(e, label);
-		fprintf(e->f, "%llu", (unsigned long long)v);
-		return;
-	}
-	text_label(e, label);
-	fprintf(e->f, "%llx", (unsigned long long)v);
+	em_unsigned(e, label, v, 'x');
 }
 
 static void json_named(struct emit *e, const char *label, uint64_t v, const char *names)
