@@ -24,30 +24,14 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
-static uint64_t seed;
 
-#define CHECK(cond, ...)                                                                                   \
-	do {                                                                                               \
-		if (cond) {                                                                                \
-			n_pass++;                                                                          \
-		} else {                                                                                   \
-			n_fail++;                                                                          \
-			printf("FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, seed);               \
-			printf(__VA_ARGS__);                                                               \
-			printf("\n");                                                                      \
-		}                                                                                          \
-	} while (0)
 
-/* splitmix64 */
 static uint64_t rng_state;
 static uint64_t rng(void)
 {
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
+	return splitmix64(&rng_state);
 }
 static void fill_random(uint8_t *p, size_t n)
 {
@@ -1223,10 +1207,10 @@ static void test_real_images(void) { printf("SKIP real images: Linux only\n"); }
 
 int main(int argc, char **argv)
 {
-	seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
+	check_seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
 	verbose = getenv("TEST_VERBOSE") != NULL;
-	rng_state = seed;
-	printf("test_alloc: seed %" PRIu64 "\n", seed);
+	rng_state = check_seed;
+	printf("test_alloc: seed %" PRIu64 "\n", check_seed);
 	bf_log_set_verbosity(verbose ? BF_LOG_DEBUG : (enum bf_log_level)0);
 
 	test_names();
@@ -1264,6 +1248,5 @@ int main(int argc, char **argv)
 	test_degraded_mirrors();
 	test_real_images();
 
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }

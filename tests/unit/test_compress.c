@@ -25,21 +25,9 @@
 #include <lzo/lzo1x.h>
 #include <zlib.h>
 #include <zstd.h>
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
-static uint64_t g_seed;
 
-#define CHECK(cond, ...)                                                  \
-	do {                                                              \
-		if (cond) {                                               \
-			n_pass++;                                         \
-		} else {                                                  \
-			n_fail++;                                         \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);       \
-			printf(__VA_ARGS__);                              \
-			printf(" (seed %" PRIu64 ")\n", g_seed);          \
-		}                                                         \
-	} while (0)
 
 static const uint32_t sector_sizes[] = { 4096, 16384, 65536 };
 static const unsigned types[] = { BF_COMPRESS_ZLIB, BF_COMPRESS_LZO, BF_COMPRESS_ZSTD };
@@ -50,10 +38,7 @@ struct rng { uint64_t s; };
 
 static uint64_t rng_next(struct rng *r)
 {
-	uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
+	return splitmix64(&r->s);
 }
 
 static size_t rng_below(struct rng *r, size_t n)
@@ -405,7 +390,7 @@ static void test_roundtrip(void)
 	static const size_t sizes[] = { 1, 2, 3, 100, 511, 4095, 4096, 4097, 8191, 8192, 8193,
 					12288, 16383, 16384, 16385, 32768, 65535, 65536, 65537,
 					100000, 131071, 131072 };
-	struct rng r = { g_seed ^ 0x1111 };
+	struct rng r = { check_seed ^ 0x1111 };
 
 	for (size_t ti = 0; ti < 3; ti++)
 		for (size_t si = 0; si < 3; si++)
@@ -421,7 +406,7 @@ static void test_large(void)
 {
 	const size_t len = 1u << 20;
 	uint8_t *src = xmalloc(len), *c = xmalloc(len + 65536), *out = guarded(len);
-	struct rng r = { g_seed ^ 0x2222 };
+	struct rng r = { check_seed ^ 0x2222 };
 
 	fill(&r, K_TEXT, src, len);
 	CHECK(bf_compress(BF_COMPRESS_ZLIB, 0, src, len, c, len, 4096) == -EINVAL,
@@ -467,7 +452,7 @@ static ssize_t hostile(unsigned type, const uint8_t *data, size_t len, size_t ou
 	if (!ok) {
 		n_fail++;
 		printf("FAIL hostile %s %s len %zu out_len %zu ss %u: %zd (seed %" PRIu64 ")\n",
-		       bf_compress_name(type), what, len, out_len, ss, r, g_seed);
+		       bf_compress_name(type), what, len, out_len, ss, r, check_seed);
 	} else {
 		n_pass++;
 	}
@@ -478,7 +463,7 @@ static ssize_t hostile(unsigned type, const uint8_t *data, size_t len, size_t ou
 
 static void test_random_bytes(void)
 {
-	struct rng r = { g_seed ^ 0x3333 };
+	struct rng r = { check_seed ^ 0x3333 };
 	uint8_t *buf = xmalloc(20000);
 
 	for (int it = 0; it < 20000; it++) {
@@ -505,7 +490,7 @@ static void test_random_bytes(void)
 /* A valid compressed stream of len bytes of text at sector size ss. */
 static size_t valid_stream(unsigned type, uint32_t ss, uint8_t *src, size_t len, uint8_t *c)
 {
-	struct rng r = { g_seed ^ 0x4444 };
+	struct rng r = { check_seed ^ 0x4444 };
 
 	fill(&r, K_MIXED, src, len / 2);
 	fill(&r, K_TEXT, src + len / 2, len - len / 2);
@@ -543,7 +528,7 @@ static void test_flips(void)
 {
 	const size_t len = 32768;
 	uint8_t *src = xmalloc(len), *c = xmalloc(len), *m = xmalloc(len);
-	struct rng r = { g_seed ^ 0x5555 };
+	struct rng r = { check_seed ^ 0x5555 };
 
 	for (size_t ti = 0; ti < 3; ti++)
 		for (size_t si = 0; si < 3; si++) {
@@ -593,7 +578,7 @@ static void test_lzo_crafted(void)
 {
 	enum { LEN = 3 * 4096 + 100, OUT = LEN + 8192 };
 	static uint8_t src[LEN], f[2 * LEN], g[2 * LEN], out[OUT];
-	struct rng r = { g_seed ^ 0x6666 };
+	struct rng r = { check_seed ^ 0x6666 };
 	const unsigned L = BF_COMPRESS_LZO;
 
 	fill(&r, K_TEXT, src, LEN);
@@ -654,7 +639,7 @@ static void test_zlib_crafted(void)
 {
 	enum { LEN = 20000 };
 	static uint8_t src[LEN], c[2 * LEN], out[LEN + 100];
-	struct rng r = { g_seed ^ 0x7777 };
+	struct rng r = { check_seed ^ 0x7777 };
 	const unsigned Z = BF_COMPRESS_ZLIB;
 
 	fill(&r, K_TEXT, src, LEN);
@@ -697,7 +682,7 @@ static void test_zstd_crafted(void)
 {
 	enum { LEN = 50000 };
 	static uint8_t src[LEN], c[2 * LEN], out[LEN + 100];
-	struct rng r = { g_seed ^ 0x8888 };
+	struct rng r = { check_seed ^ 0x8888 };
 	const unsigned S = BF_COMPRESS_ZSTD;
 
 	fill(&r, K_TEXT, src, LEN);
@@ -740,7 +725,7 @@ static void test_api_compress(void)
 {
 	enum { LEN = 65536 };
 	static uint8_t src[LEN], c[LEN];
-	struct rng r = { g_seed ^ 0x9999 };
+	struct rng r = { check_seed ^ 0x9999 };
 
 	fill(&r, K_TEXT, src, LEN);
 	CHECK(bf_compress(BF_COMPRESS_NONE, 0, src, LEN, c, LEN, 4096) == -EINVAL, "compress none");
@@ -805,7 +790,7 @@ static void test_threads(void)
 	struct thr t[4];
 
 	for (int i = 0; i < 4; i++) {
-		t[i] = (struct thr){ g_seed + (uint64_t)i, 0 };
+		t[i] = (struct thr){ check_seed + (uint64_t)i, 0 };
 		CHECK(pthread_create(&th[i], NULL, thread_main, &t[i]) == 0, "pthread_create");
 	}
 	for (int i = 0; i < 4; i++) {
@@ -816,8 +801,8 @@ static void test_threads(void)
 
 int main(int argc, char **argv)
 {
-	g_seed = (argc > 1) ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
-	printf("info: PRNG seed %" PRIu64 "\n", g_seed);
+	check_seed = (argc > 1) ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
+	printf("info: PRNG seed %" PRIu64 "\n", check_seed);
 	if (lzo_init() != LZO_E_OK) {
 		printf("lzo_init failed\n");
 		return 2;
@@ -836,6 +821,5 @@ int main(int argc, char **argv)
 	test_flips();
 	test_random_bytes();
 	test_threads();
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail == 0 ? 0 : 1;
+	return check_summary();
 }

@@ -17,30 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
 
-#define CHECK(cond, ...)                                                  \
-	do {                                                              \
-		if (cond) {                                               \
-			n_pass++;                                         \
-		} else {                                                  \
-			n_fail++;                                         \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);       \
-			printf(__VA_ARGS__);                              \
-			printf("\n");                                     \
-		}                                                         \
-	} while (0)
 
-/* splitmix64: small, seedable, good enough for test data */
 static uint64_t rng_state;
 
 static uint64_t rng_next(void)
 {
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
+	return splitmix64(&rng_state);
 }
 
 /* Bit-at-a-time CRC32C, written from the definition. */
@@ -292,6 +277,5 @@ int main(int argc, char **argv)
 	test_crc32c_random(seed);
 	test_name_hash();
 	test_misc();
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail == 0 ? 0 : 1;
+	return check_summary();
 }

@@ -27,26 +27,14 @@
 #include "fs/fs.h"
 #include "fs/internal.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
 #define KiB 1024ULL
 #define MiB (1024ULL * 1024)
 #define GiB (1024ULL * MiB)
 
-static int passed, failed;
-static unsigned long long seed;
 static char workdir[64];
 
-#define CHECK(cond, ...)                                                                                     \
-	do {                                                                                                 \
-		if (cond) {                                                                                  \
-			passed++;                                                                            \
-		} else {                                                                                     \
-			failed++;                                                                            \
-			printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, seed);                       \
-			printf(__VA_ARGS__);                                                                 \
-			printf("\n");                                                                        \
-		}                                                                                            \
-	} while (0)
 
 /* ---------------- content model ---------------- */
 
@@ -509,7 +497,7 @@ static void check_concurrent(const char *img, const struct tfile *f)
 		return;
 	if (open_by_name(fs, f->name, &bf) == 0) {
 		for (int i = 0; i < 4; i++) {
-			t[i] = (struct thr){ fs, bf, f, seed * 31 + (uint64_t)i, 0 };
+			t[i] = (struct thr){ fs, bf, f, check_seed * 31 + (uint64_t)i, 0 };
 			pthread_create(&th[i], NULL, reader, &t[i]);
 		}
 		int bad = 0;
@@ -1056,8 +1044,8 @@ static void test_open_errors(void)
 int main(void)
 {
 	const char *s = getenv("BF_TEST_SEED");
-	seed = s ? strtoull(s, NULL, 0) : 20240611ULL;
-	rnd_state = seed;
+	check_seed = s ? strtoull(s, NULL, 0) : 20240611ULL;
+	rnd_state = check_seed;
 
 	if (geteuid() != 0) {
 		printf("needs root for loop mounts\n0 passed, 1 failed\n");
@@ -1080,6 +1068,5 @@ int main(void)
 	test_single_corruption();
 	test_dup_repair();
 
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_summary();
 }

@@ -34,20 +34,9 @@
 #include "fs/fs.h"
 #include "fs/internal.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
 
-#define CHECK(cond, ...)                                                                                    \
-	do {                                                                                                \
-		if (cond) {                                                                                 \
-			n_pass++;                                                                           \
-		} else {                                                                                    \
-			n_fail++;                                                                           \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);                                         \
-			printf(__VA_ARGS__);                                                                \
-			printf("\n");                                                                       \
-		}                                                                                           \
-	} while (0)
 
 /* ================= shell helpers and cleanup ================= */
 
@@ -1391,6 +1380,5 @@ int main(int argc, char **argv)
 	statfs_case("raid0", "-d raid0 -m raid1", uneq, 3, NULL);
 	statfs_case("convert", "-d single -m raid1", two, 2,
 		    "btrfs balance start -dconvert=raid1,limit=1 %s >/dev/null 2>&1");
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }

@@ -21,29 +21,14 @@
 
 #include "fs/write.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static int passed, failed;
-static unsigned long long seed;
 
-#define CHECK(cond, ...)                                                                                     \
-	do {                                                                                                 \
-		if (cond) {                                                                                  \
-			passed++;                                                                            \
-		} else {                                                                                     \
-			failed++;                                                                            \
-			printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, seed);                       \
-			printf(__VA_ARGS__);                                                                 \
-			printf("\n");                                                                        \
-		}                                                                                            \
-	} while (0)
 
 static uint64_t rng_state;
 static uint64_t rnd(void)
 {
-	uint64_t x = rng_state += 0x9E3779B97F4A7C15ULL;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
+	return splitmix64(&rng_state);
 }
 static uint64_t rnd_below(uint64_t n) { return n ? rnd() % n : 0; }
 
@@ -470,14 +455,13 @@ int main(void)
 {
 	const char *env = getenv("BF_TEST_SEED");
 
-	seed = env ? strtoull(env, NULL, 0) : (unsigned long long)time(NULL);
-	rng_state = seed;
+	check_seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL);
+	rng_state = check_seed;
 	dmap_fixed();
 	for (int i = 0; i < 40; i++)
 		dmap_random(400);
 	drop_fixed();
 	for (int i = 0; i < 20000; i++)
 		drop_one_case();
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_summary();
 }

@@ -39,27 +39,15 @@
 #include "fs/fs.h"
 #include "fs/internal.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
 #define KiB 1024ULL
 #define MiB (1024ULL * KiB)
 #define GiB (1024ULL * MiB)
 
-static int passed, failed;
-static unsigned long long seed;
 static char workdir[64];
 static char mounted[128];
 
-#define CHECK(cond, ...)                                                                                     \
-	do {                                                                                                 \
-		if (cond) {                                                                                  \
-			passed++;                                                                            \
-		} else {                                                                                     \
-			failed++;                                                                            \
-			printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, seed);                       \
-			printf(__VA_ARGS__);                                                                 \
-			printf("\n");                                                                        \
-		}                                                                                            \
-	} while (0)
 
 static uint64_t rng_state;
 static uint64_t mix64(uint64_t x)
@@ -68,7 +56,7 @@ static uint64_t mix64(uint64_t x)
 	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
 	return x ^ (x >> 31);
 }
-static uint64_t rnd(void) { return mix64(rng_state += 0x9E3779B97F4A7C15ULL); }
+static uint64_t rnd(void) { return splitmix64(&rng_state); }
 static uint64_t rnd_below(uint64_t n) { return n ? rnd() % n : 0; }
 
 /* ---------------- the model ---------------- */
@@ -464,7 +452,7 @@ static void kernel_compare_regions(int fd, const struct mfile *m)
 		}
 		pos = hole;
 	}
-	passed++;
+	n_pass++;
 out:
 	free(got);
 	free(want);
@@ -861,10 +849,10 @@ int main(void)
 	};
 	const char *env = getenv("BF_TEST_SEED"), *only = getenv("BF_TEST_ONLY"), *ops = getenv("BF_TEST_OPS");
 
-	seed = env ? strtoull(env, NULL, 0) : (unsigned long long)time(NULL);
+	check_seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL);
 	verbose = getenv("BF_TEST_VERBOSE") != NULL;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	rng_state = seed;
+	rng_state = check_seed;
 	if (geteuid() != 0) {
 		printf("skipped: needs root for loop mounts\n0 passed, 0 failed\n");
 		return 0;
@@ -875,7 +863,7 @@ int main(void)
 		return 1;
 	}
 	atexit(cleanup);
-	printf("seed %llu\n", seed);
+	printf("seed %" PRIu64 "\n", check_seed);
 	if (!only || strcmp(only, "statfs") == 0)
 		statfs_live();
 	if (!only || strcmp(only, "blocks") == 0) {
@@ -885,6 +873,5 @@ int main(void)
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
 		if (!only || strcmp(only, kinds[i].name) == 0)
 			run_kind(&kinds[i], ops ? atoi(ops) : 250);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_summary();
 }

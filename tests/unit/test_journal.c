@@ -25,20 +25,9 @@
 
 #include "journal/journal.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
 
-#define CHECK(cond, ...)                                                                                           \
-	do {                                                                                                       \
-		if (cond) {                                                                                        \
-			n_pass++;                                                                                  \
-		} else {                                                                                           \
-			n_fail++;                                                                                  \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);                                              \
-			printf(__VA_ARGS__);                                                                       \
-			printf("\n");                                                                              \
-		}                                                                                                  \
-	} while (0)
 
 #define IMG_SIZE ((256ULL << 30) + (64ULL << 20))
 #define COMMITS 6
@@ -269,6 +258,5 @@ int main(void)
 	test_commits();
 	test_abort();
 	unlink(img);
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }
