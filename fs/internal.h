@@ -104,6 +104,10 @@ int bf_data_evict(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t 
 /* Write out buffered data: of one inode (fsync; then commit), or of all (the flush hook at the start of every
    commit, and unmount). */
 int bf_data_flush_inode(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t ino);
+/* Reserve metadata for `items` item changes (bf_extalloc_reserve_meta), escalating as the kernel's flush_space:
+   on ENOSPC write out all buffered data (which gives its reservations back; -EIO if that failed half-way: abort),
+   then force a metadata chunk. -ENOSPC then: the caller may commit and try once more. */
+int bf_data_reserve_meta(struct bf_fs *fs, struct bf_trans *t, uint64_t items);
 int bf_data_flush_all(struct bf_fs *fs, struct bf_trans *t);
 /* True if something is buffered (for the commit logic: a commit with no dirty tree still flushes data). */
 bool bf_data_dirty(const struct bf_fs *fs);
