@@ -81,7 +81,8 @@ void bf_file_ident(const struct bf_file *f, uint64_t *root, uint64_t *ino);
  * bf_data_dirty_next, bf_data_seq and bf_data_delalloc_bytes (fs lock held at least shared, as reads hold it).
  * root is the subvolume id, ino the inode objectid; the caller checked that it is a regular file. Errors:
  * bf_data_write and bf_data_setsize do everything that can fail without a tree change first (-EFBIG beyond the
- * largest file size, -ENOSPC when the data space cannot hold the buffered bytes, -ENOMEM, -EISDIR/-EINVAL for a
+ * largest file size, -ENOSPC when the data space cannot hold the buffered bytes or no metadata can be reserved for
+ * their flush (after writing out all buffered data and trying a new chunk), -ENOMEM, -EISDIR/-EINVAL for a
  * non-regular inode, -EUCLEAN for a corrupt extent item), and return -EIO when a tree change failed half-way
  * (with a log line naming the real error; a failed read of a sector's old bytes is -EIO too, before any change,
  * where an abort is merely not needed): after -EIO, and after any error of the flush and evict calls, the
