@@ -195,16 +195,27 @@ void bf_extalloc_committed(struct bf_extalloc *ea);
 void bf_extalloc_abort(struct bf_extalloc *ea);
 
 /* Space: bytes_used for the superblock; free data bytes (free in data groups plus what new chunks could add)
-   for statfs. Metadata reservation: a writer reserves room for the tree blocks its change may need before
-   starting it (items * nodesize * BF_MAX_LEVEL * 2, the kernel's btrfs_calc_insert_metadata_size), so that a full
-   filesystem fails the write with -ENOSPC and never a commit: what stays free must cover the global reserve
-   (sized like the kernel's), all outstanding reservations and the queued changes' commit; a metadata chunk is
-   made first if that helps. On -ENOSPC a commit (which unpins freed space) may make room: commit and retry once. */
+   for statfs.
+   Metadata reservation (docs/ARCHITECTURE.md, "Space reservation"): a writer reserves room for the tree blocks
+   its change may need before starting it (items * nodesize * BF_MAX_LEVEL * 2, the kernel's
+   btrfs_calc_insert_metadata_size), so that a full filesystem fails the write with -ENOSPC and never a commit.
+   A reservation is granted only against metadata space that is free in existing block groups now, beyond the
+   global reserve (sized like the kernel's), all outstanding reservations and the queued changes' commit: there
+   is no overcommit, so no reservation ever counts on unallocated device space that a data chunk could take.
+   When short, mode says whether a metadata chunk may be made first: BF_RESV_NO_FORCE only once the metadata
+   space is 80% taken (the kernel's CHUNK_ALLOC_NO_FORCE), BF_RESV_FORCE_CHUNK whenever the devices have room;
+   BF_RESV_ALWAYS never fails (accounting of a change that cannot be refused any more; covered by the global
+   reserve). Callers escalate as the kernel's flush_space does: NO_FORCE, then write out buffered data (which
+   gives back what its reservation held beyond what it took), FORCE_CHUNK, then commit (which unpins freed space)
+   and try once more; only then -ENOSPC. */
+enum bf_resv_mode { BF_RESV_NO_FORCE, BF_RESV_FORCE_CHUNK, BF_RESV_ALWAYS };
 uint64_t bf_extalloc_bytes_used(const struct bf_extalloc *ea);
 /* DEV_ITEM.bytes_used of a device (for the dev_item of each device's superblock); 0 for an unknown devid. */
 uint64_t bf_extalloc_dev_bytes_used(const struct bf_extalloc *ea, uint64_t devid);
-int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items);
+int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items, enum bf_resv_mode mode);
 void bf_extalloc_release_meta(struct bf_extalloc *ea, uint64_t items);
+/* Bytes held by outstanding metadata reservations. */
+uint64_t bf_extalloc_meta_reserved(const struct bf_extalloc *ea);
 uint64_t bf_extalloc_free_data(const struct bf_extalloc *ea);
 
 /* ---- read-only views for statfs (alloc/extalloc_query.c) ---- */

@@ -41,7 +41,7 @@ static uint64_t insert_size(const struct bf_extalloc *ea, uint64_t items)
 
 /* The global reserve, as btrfs_update_global_block_rsv sizes it for an empty filesystem: the global trees
    (extent, checksum, free space, block group) plus an unlink's worth of items and their delayed references. */
-static uint64_t global_reserve(const struct bf_extalloc *ea)
+uint64_t ea_global_reserve(const struct bf_extalloc *ea)
 {
 	uint64_t items = 2 + ea->use_fst + ea->bg_tree + 6;
 	return insert_size(ea, items) + insert_size(ea, 6) * (ea->use_fst ? 2 : 1);
@@ -283,7 +283,7 @@ static size_t resv_find(const struct bf_extalloc *ea, uint64_t addr)
    data may take (making a chunk when the groups are down to the reserve). */
 static uint64_t mixed_room(struct bf_extalloc *ea)
 {
-	uint64_t keep = global_reserve(ea) + ea->meta_reserved + ea->sectorsize, free_b = ea_free_bytes(ea, EA_DATA);
+	uint64_t keep = ea_global_reserve(ea) + ea->meta_reserved + ea->sectorsize, free_b = ea_free_bytes(ea, EA_DATA);
 	if (free_b < keep && !chunk_alloc(ea, EA_DATA))
 		free_b = ea_free_bytes(ea, EA_DATA);
 	return free_b > keep ? free_b - keep + ea->sectorsize : 0;
@@ -349,19 +349,56 @@ void bf_extalloc_data_unused(struct bf_extalloc *ea, uint64_t bytenr, uint64_t l
    item and a free space tree entry (about 256 bytes with their share of copied leaves). */
 static uint64_t pending_commit_bytes(const struct bf_extalloc *ea) { return (uint64_t)ea->refs.count * 256; }
 
-int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items)
+/* Bytes of metadata groups and how many of them are not free now (used, allocated in this transaction, pinned,
+   superblock copies): the kernel's space_info total_bytes and btrfs_space_info_used(sinfo, false). */
+static void meta_usage(const struct bf_extalloc *ea, uint64_t *total, uint64_t *used)
 {
-	uint64_t need = insert_size(ea, items), keep = global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea);
+	uint64_t t = 0, f = 0;
+	for (size_t i = 0; i < ea->nbgs; i++)
+		if (bg_serves(ea, ea->bgs[i], EA_META)) {
+			t += ea->bgs[i]->length;
+			f += rset_bytes(&ea->bgs[i]->free);
+		}
+	*total = t;
+	*used = t > f ? t - f : 0;
+}
+
+/* The kernel's should_alloc_chunk with CHUNK_ALLOC_NO_FORCE: a new metadata chunk only once what is really
+   taken (not what is reserved) passes 80% of the metadata space, less 2 MiB. */
+static bool meta_nearly_full(const struct bf_extalloc *ea)
+{
+	uint64_t total, used;
+	meta_usage(ea, &total, &used);
+	return used + (2ULL << 20) >= total / 10 * 8;
+}
+
+/* What must stay free beside a new reservation: the global reserve, every outstanding reservation and what
+   the commit of the queued changes may take. */
+static uint64_t meta_keep(const struct bf_extalloc *ea)
+{
+	return ea_global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea);
+}
+
+static bool meta_fits(const struct bf_extalloc *ea, uint64_t need)
+{
+	uint64_t free_b = ea_free_bytes(ea, EA_META), keep = meta_keep(ea);
+	return free_b >= keep && free_b - keep >= need;
+}
+
+int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items, enum bf_resv_mode mode)
+{
+	uint64_t need = insert_size(ea, items);
 	if (ea->error)
 		return ea->error;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		uint64_t free_b = ea_free_bytes(ea, EA_META);
-		if (free_b >= keep && free_b - keep >= need) {
-			ea->meta_reserved += need;
-			return 0;
-		}
-		if (attempt == 0 && chunk_alloc(ea, EA_META))
-			break;
+	if (mode == BF_RESV_ALWAYS || meta_fits(ea, need)) {
+		ea->meta_reserved += need;
+		return 0;
+	}
+	/* short: a new chunk (when allowed), never a promise on space no chunk holds yet (no overcommit) */
+	if ((mode == BF_RESV_FORCE_CHUNK || meta_nearly_full(ea)) && chunk_alloc(ea, EA_META) == 0 &&
+	    meta_fits(ea, need)) {
+		ea->meta_reserved += need;
+		return 0;
 	}
 	return -ENOSPC;
 }
@@ -369,15 +406,20 @@ int bf_extalloc_reserve_meta(struct bf_extalloc *ea, uint64_t items)
 void bf_extalloc_release_meta(struct bf_extalloc *ea, uint64_t items)
 {
 	uint64_t n = insert_size(ea, items);
+	if (n > ea->meta_reserved)
+		bf_log(BF_LOG_WARN, "giving back %" PRIu64 " bytes of metadata reservation, only %" PRIu64
+		       " are held (a bug in btrfs-fuse)", n, ea->meta_reserved);
 	ea->meta_reserved = ea->meta_reserved > n ? ea->meta_reserved - n : 0;
 }
+
+uint64_t bf_extalloc_meta_reserved(const struct bf_extalloc *ea) { return ea->meta_reserved; }
 
 uint64_t bf_extalloc_bytes_used(const struct bf_extalloc *ea) { return get64(ea->super->bytes_used); }
 
 uint64_t bf_extalloc_free_data(const struct bf_extalloc *ea)
 {
 	uint64_t free_b = ea_free_bytes(ea, EA_DATA) + chunk_unallocated(ea, EA_DATA);
-	uint64_t keep = ea->mixed ? global_reserve(ea) + ea->meta_reserved : 0;
+	uint64_t keep = ea->mixed ? ea_global_reserve(ea) + ea->meta_reserved : 0;
 	return free_b > keep ? free_b - keep : 0;
 }
 

@@ -275,6 +275,8 @@ int ea_unreserve(struct bf_extalloc *ea, uint64_t start, uint64_t len);
 /* Pin space freed in this transaction until the commit is on disk. */
 int ea_pin(struct bf_extalloc *ea, uint64_t start, uint64_t len);
 uint64_t ea_free_bytes(const struct bf_extalloc *ea, enum ea_kind kind);
+/* The global metadata reserve every reservation leaves free (sized like the kernel's for an empty filesystem). */
+uint64_t ea_global_reserve(const struct bf_extalloc *ea);
 
 /* ---- the copy-on-write hook (alloc/backref.c) ---- */
 

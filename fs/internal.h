@@ -81,7 +81,8 @@ void bf_file_ident(const struct bf_file *f, uint64_t *root, uint64_t *ino);
  * bf_data_dirty_next, bf_data_seq and bf_data_delalloc_bytes (fs lock held at least shared, as reads hold it).
  * root is the subvolume id, ino the inode objectid; the caller checked that it is a regular file. Errors:
  * bf_data_write and bf_data_setsize do everything that can fail without a tree change first (-EFBIG beyond the
- * largest file size, -ENOSPC when the data space cannot hold the buffered bytes, -ENOMEM, -EISDIR/-EINVAL for a
+ * largest file size, -ENOSPC when the data space cannot hold the buffered bytes or no metadata can be reserved for
+ * their flush (after writing out all buffered data and trying a new chunk), -ENOMEM, -EISDIR/-EINVAL for a
  * non-regular inode, -EUCLEAN for a corrupt extent item), and return -EIO when a tree change failed half-way
  * (with a log line naming the real error; a failed read of a sector's old bytes is -EIO too, before any change,
  * where an abort is merely not needed): after -EIO, and after any error of the flush and evict calls, the
@@ -104,6 +105,10 @@ int bf_data_evict(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t 
 /* Write out buffered data: of one inode (fsync; then commit), or of all (the flush hook at the start of every
    commit, and unmount). */
 int bf_data_flush_inode(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t ino);
+/* Reserve metadata for `items` item changes (bf_extalloc_reserve_meta), escalating as the kernel's flush_space:
+   on ENOSPC write out all buffered data (which gives its reservations back; -EIO if that failed half-way: abort),
+   then force a metadata chunk. -ENOSPC then: the caller may commit and try once more. */
+int bf_data_reserve_meta(struct bf_fs *fs, struct bf_trans *t, uint64_t items);
 int bf_data_flush_all(struct bf_fs *fs, struct bf_trans *t);
 /* True if something is buffered (for the commit logic: a commit with no dirty tree still flushes data). */
 bool bf_data_dirty(const struct bf_fs *fs);

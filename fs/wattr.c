@@ -379,8 +379,9 @@ static int setsize(struct bf_wop *op, struct bf_wino *w, uint64_t size)
 		return -EINVAL;
 	if (size == get64(w->ii.size))
 		return 0;
-	op->changed = true;
 	r = bf_data_setsize(op->fs, op->t, w->root, w->ino, size);
+	if (r != -ENOSPC)
+		op->changed = true; /* -ENOSPC: refused before any change (its metadata reservation) */
 	if (!r)
 		r = bf_inode_load(op->fs, w->root, w->ino, &w->ii); /* with the data path's size, nbytes and times */
 	return r;

@@ -21,6 +21,11 @@
  * else the holes its extent maps show) and counts them until the flush adds them to nbytes. Each inode keeps them
  * in a mark map beside its data; an overwrite of an extent is not counted (nbytes already holds it, and the flush
  * that replaces the extent leaves nbytes as it was).
+ * Buffered bytes hold a metadata reservation for their flush, as the kernel's btrfs_delalloc_reserve_metadata
+ * (docs/ARCHITECTURE.md, "Space reservation"): per inode one file extent item per range (and per 128 MiB), the
+ * csum leaves of its bytes and one inode update. A call reserves an upper bound of what its map can grow to
+ * before it changes anything (so a full filesystem fails it with ENOSPC, never the commit's flush), and settles
+ * to the exact need of the map at its end; the flush gives the reservation back once its tree changes are done.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -38,6 +43,7 @@ struct dinode {
 	uint64_t root, ino;
 	struct bf_dmap map;
 	struct bf_dmap fresh; /* marks: the sectors of map that had no extent when buffered (delalloc "new" bytes) */
+	uint64_t items;       /* metadata items reserved for flushing map: flush_items(map), between calls */
 	struct dinode *next;
 };
 
@@ -130,8 +136,9 @@ static struct dinode *dinode_get(struct bf_wstate *ws, uint64_t root, uint64_t i
 	return d;
 }
 
-/* Take d out of the table and free it with whatever it still buffers. */
-static void dinode_remove(struct bf_wstate *ws, struct dinode *d)
+/* Take d out of the table and free it with whatever it still buffers, giving its metadata reservation back to ea
+   (NULL: the allocator is gone or was reset, at unmount or after an abort). */
+static void dinode_remove(struct bf_wstate *ws, struct dinode *d, struct bf_extalloc *ea)
 {
 	struct dinode **pp = &ws->buckets[bucket_of(ws, d->root, d->ino)];
 
@@ -140,6 +147,8 @@ static void dinode_remove(struct bf_wstate *ws, struct dinode *d)
 	*pp = d->next;
 	ws->count--;
 	ws->dirty -= d->map.bytes;
+	if (ea && d->items)
+		bf_extalloc_release_meta(ea, d->items);
 	bf_dmap_clear(&d->map);
 	bf_dmap_clear(&d->fresh);
 	free(d);
@@ -153,7 +162,7 @@ void bf_data_close(struct bf_fs *fs)
 		return;
 	for (size_t i = 0; i < ws->nbuckets; i++)
 		while (ws->buckets[i])
-			dinode_remove(ws, ws->buckets[i]);
+			dinode_remove(ws, ws->buckets[i], NULL);
 	free(ws->buckets);
 	free(ws);
 	fs->wstate = NULL;
@@ -516,7 +525,7 @@ static int flush_dinode(struct bf_fs *fs, struct bf_trans *t, struct dinode *d)
 	if (ret)
 		bf_log(BF_LOG_ERR, "cannot write the data of inode %llu (subvol %llu): %s",
 		       (unsigned long long)d->ino, (unsigned long long)d->root, strerror(-ret));
-	dinode_remove(ws, d);
+	dinode_remove(ws, d, bf_txn_alloc(fs->fi)); /* after its tree changes: the reservation covered them */
 	return ret;
 }
 
@@ -536,6 +545,102 @@ int bf_data_flush_all(struct bf_fs *fs, struct bf_trans *t)
 		while (ws->buckets[i] && ret == 0)
 			ret = flush_dinode(fs, t, ws->buckets[i]);
 	return ret;
+}
+
+/* ---------------- metadata reservation ---------------- */
+
+/* A write's own tree changes, reserved for the call only: the inode item, hole items dropped and inserted. */
+#define CALL_ITEMS 3
+
+static uint64_t csum_leaves(const struct bf_fs *fs, uint64_t bytes)
+{
+	uint64_t per = bf_csum_item_max(fs->fi), nsect = (bytes + fs->fi->sectorsize - 1) / fs->fi->sectorsize;
+
+	return per ? (nsect + per - 1) / per : nsect;
+}
+
+/* The items flushing a map of count ranges holding bytes may insert (btrfs_calculate_inode_block_rsv_size): one
+   file extent item per range and per BF_MAX_EXTENT_SIZE (count + bytes / max bounds the sum of each range's
+   ceil(len / max)), the csum leaves of the bytes (counted for NODATASUM inodes too: a little more than needed),
+   and one inode update. Grows with count and bytes, so the bound of a call (more of both) covers its result. */
+static uint64_t flush_items(const struct bf_fs *fs, uint64_t count, uint64_t bytes)
+{
+	return count ? count + bytes / BF_MAX_EXTENT_SIZE + csum_leaves(fs, bytes) + 1 : 0;
+}
+
+/* What a map may need after a call that buffers len bytes: at most two new ranges (the old last sector's zeroed
+   tail, the written sectors; one more for slack) and round_up(len) + 2 sectors more bytes. */
+static uint64_t call_bound(const struct bf_fs *fs, const struct dinode *d, uint64_t len)
+{
+	uint32_t ss = fs->fi->sectorsize;
+
+	return flush_items(fs, (d ? d->map.count : 0) + 3, (d ? d->map.bytes : 0) + round_up_ss(len, ss) + 2ULL * ss);
+}
+
+/* Reserve what a call on (root, ino) may need beyond what its inode holds: *got items (0 if it holds enough),
+   to be added to the inode's reservation. With ino == 0, just `extra` items (a namespace change). As the
+   kernel's flush_space: try; on ENOSPC write out all buffered data (its reservations shrink to nothing), try
+   again; then with a forced metadata chunk. The flush changes trees: its failure is -EIO (abort). */
+static int reserve_ladder(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t ino, uint64_t len,
+			  uint64_t extra, uint64_t *got)
+{
+	struct bf_extalloc *ea = bf_txn_alloc(fs->fi);
+
+	*got = 0;
+	if (!ea)
+		return -EROFS;
+	for (int step = 0; step < 3; step++) {
+		const struct dinode *d = ino ? dinode_find(fs->wstate, root, ino) : NULL;
+		uint64_t want = (ino ? call_bound(fs, d, len) : 0) + extra, have = d ? d->items : 0;
+		int ret;
+
+		if (want <= have)
+			return 0;
+		ret = bf_extalloc_reserve_meta(ea, want - have, step == 2 ? BF_RESV_FORCE_CHUNK : BF_RESV_NO_FORCE);
+		if (ret != -ENOSPC) {
+			*got = ret ? 0 : want - have;
+			return ret;
+		}
+		if (step == 0 && !bf_data_dirty(fs))
+			step++; /* nothing to write out: straight to the forced chunk */
+		else if (step == 0 && bf_data_flush_all(fs, t) < 0)
+			return -EIO;
+	}
+	return -ENOSPC;
+}
+
+int bf_data_reserve_meta(struct bf_fs *fs, struct bf_trans *t, uint64_t items)
+{
+	uint64_t got;
+
+	return reserve_ladder(fs, t, 0, 0, 0, items, &got);
+}
+
+/* A call reserved got items for d (NULL: it never got its entry; give them back). */
+static void reserve_attach(struct bf_fs *fs, struct dinode *d, uint64_t got)
+{
+	if (d)
+		d->items += got;
+	else if (got)
+		bf_extalloc_release_meta(bf_txn_alloc(fs->fi), got);
+}
+
+/* The end of a call: d's reservation becomes exactly what flushing its map needs (the rest goes back). */
+static void settle(struct wctx *w, struct dinode *d)
+{
+	uint64_t need = flush_items(w->c.fs, d->map.count, d->map.bytes);
+
+	if (!w->c.ea)
+		return;
+	if (need < d->items) {
+		bf_extalloc_release_meta(w->c.ea, d->items - need);
+	} else if (need > d->items) {
+		bf_log(BF_LOG_WARN, "inode %llu (subvol %llu) buffers more than its call reserved metadata for (a "
+		       "bug in btrfs-fuse); taking it from the global reserve", (unsigned long long)d->ino,
+		       (unsigned long long)d->root);
+		(void)bf_extalloc_reserve_meta(w->c.ea, need - d->items, BF_RESV_ALWAYS);
+	}
+	d->items = need;
 }
 
 /* ---------------- the calls ---------------- */
@@ -577,8 +682,10 @@ static int end(struct wctx *w, struct dinode *d, int ret, bool store)
 {
 	if (ret == 0 && store)
 		ret = inode_store(w);
+	if (d)
+		settle(w, d);
 	if (d && d->map.count == 0)
-		dinode_remove(w->c.fs->wstate, d);
+		dinode_remove(w->c.fs->wstate, d, w->c.ea);
 	return ret;
 }
 
@@ -596,7 +703,7 @@ ssize_t bf_data_write(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint6
 {
 	struct wctx w;
 	struct dinode *d;
-	uint64_t last, old;
+	uint64_t last, old, got;
 	int ret;
 
 	if (len == 0)
@@ -606,10 +713,13 @@ ssize_t bf_data_write(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint6
 	if (!wstate(fs))
 		return -ENOMEM;
 	ret = make_room(fs, t, len);
+	if (ret == 0)
+		ret = reserve_ladder(fs, t, root, ino, len, CALL_ITEMS, &got);
 	if (ret)
 		return ret;
 	/* first everything that can fail without a change: the buffers (and the reads they need) */
 	ret = begin(fs, t, root, ino, &w, &d);
+	reserve_attach(fs, d, got);
 	old = ret == 0 ? get64(w.ii.size) : 0;
 	if (ret == 0 && off > old)
 		ret = zero_tail(&w, d, old, true);
@@ -646,12 +756,18 @@ int bf_data_setsize(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_
 {
 	struct wctx w;
 	struct dinode *d;
-	uint64_t old;
+	uint64_t old, got;
 	int ret;
 
 	if (size > BF_MAX_FILE_SIZE)
 		return -EFBIG;
+	if (!wstate(fs))
+		return -ENOMEM;
+	ret = reserve_ladder(fs, t, root, ino, 0, 0, &got);
+	if (ret)
+		return ret;
 	ret = begin(fs, t, root, ino, &w, &d);
+	reserve_attach(fs, d, got);
 	old = ret == 0 ? get64(w.ii.size) : 0;
 	if (ret || size == old)
 		return end(&w, d, ret, false);
@@ -674,7 +790,7 @@ int bf_data_evict(struct bf_fs *fs, struct bf_trans *t, uint64_t root, uint64_t 
 		return -ENOMEM;
 	d = dinode_find(fs->wstate, root, ino);
 	if (d)
-		dinode_remove(fs->wstate, d);
+		dinode_remove(fs->wstate, d, bf_txn_alloc(fs->fi));
 	ret = fctx_init(&c, fs, t, root, ino);
 	if (ret == 0)
 		ret = bf_fext_drop(&c, 0, UINT64_MAX, NULL);

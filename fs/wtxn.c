@@ -63,11 +63,12 @@ static int commit_for_space(struct bf_wop *op)
 
 int bf_wop_reserve(struct bf_wop *op, uint64_t items, bool fallback)
 {
-	struct bf_extalloc *ea = bf_txn_alloc(op->fs->fi);
-	int r = bf_extalloc_reserve_meta(ea, items);
+	int r = bf_data_reserve_meta(op->fs, op->t, items);
 
 	if (r == -ENOSPC && commit_for_space(op) == 0)
-		r = bf_extalloc_reserve_meta(ea, items);
+		r = bf_data_reserve_meta(op->fs, op->t, items);
+	if (r == -EIO)
+		op->changed = true; /* writing out buffered data failed half-way */
 	if (r == 0)
 		op->reserved += items;
 	return r == -ENOSPC && fallback ? 0 : r;

@@ -372,11 +372,6 @@ def test_enospc_data():
     run_full("data", fill_data, refill_data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, write support issue: buffered file data reserves no metadata, so when metadata runs out the "
-    "commit's data flush fails and the transaction aborts (the mount turns read-only, the image keeps its last "
-    "commit). A first fix (reserving per buffered range with overcommit) made ordinary workloads abort and was "
-    "reverted. strict: this fails loudly once the bug is fixed, so the mark must then be removed."))
 def test_enospc_metadata():
     """Metadata full: small inline files with xattrs until ENOSPC, delete, recreate."""
     run_full("metadata", fill_metadata, refill_metadata)

@@ -386,6 +386,10 @@ static int step(struct bf_fs *fs, struct mfile *m, int nfiles, int i)
 		if (verbose)
 			printf("  %s\n", k < 82 ? "commit" : "fsync");
 		CHECK(r == 0, "%s failed: %s", k < 82 ? "commit" : "fsync", strerror(-r));
+		/* nothing buffered, no change running: every metadata reservation must have been given back */
+		CHECK(r || bf_extalloc_meta_reserved(bf_txn_alloc(fs->fi)) == 0, "%s: %llu bytes of metadata still "
+		      "reserved after a commit (a reservation leaked)", f->name,
+		      (unsigned long long)bf_extalloc_meta_reserved(bf_txn_alloc(fs->fi)));
 		return r;
 	}
 	return fs_compare(fs, f, rnd_below(f->size + 1), 1 + rnd_below(512 * KiB), "random read");
