@@ -1,0 +1,262 @@
+"""fsync through the log tree: what btrfs-fuse logs, the kernel replays.
+
+Each test makes a fresh image, mounts it with `btrfs-fuse -o rw` (periodic commits off, an event trace on),
+commits a base state (an fsync of a directory commits), then changes files - creates, appends, overwrites,
+truncates (down and up), hard links, xattrs set and removed, fdatasync - and fsyncs them, records the state of
+every fsynced file right after its last fsync, and kills the daemon with SIGKILL (a crash right after fsync
+returned). Then:
+
+* `btrfs inspect-internal dump-super` shows log_root set (the fsyncs wrote a log, not a commit), and the trace
+  shows no commit after the base one where the log can express the change (and exactly the fallback commit
+  where it cannot: a rename in the running transaction, a directory fsync, a file in a new directory);
+* the kernel mounts the image read-write, replays the log with no BTRFS warning or error in dmesg (lines of
+  this test's loop device), and shows each fsynced file as it was at its fsync: names (every hard link), size,
+  mode, content hash, xattrs; files of the base commit are there too;
+* `btrfs check --readonly --check-data-csum` is clean after the kernel's replay.
+
+A failure names the scenario, the path and the field. Needs root (loop mounts).
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+import mounts  # noqa: E402
+
+BIN = os.path.abspath(os.environ.get("BTRFS_FUSE", os.path.join(REPO, "btrfs-fuse")))
+IMG_SIZE = 512 << 20
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop mounts)"),
+    pytest.mark.skipif(not os.access(BIN, os.X_OK), reason="btrfs-fuse binary not built: %s" % BIN),
+    pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="mkfs.btrfs missing (btrfs-progs)"),
+]
+
+
+def run(argv):
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=600)
+
+
+def check(img, what):
+    p = run(["btrfs", "check", "--readonly", "--check-data-csum", img])
+    out = p.stdout + p.stderr
+    bad = [l for l in out.splitlines() if re.search(r"\berror\b|ERROR|mismatch|wrong|missing|invalid", l)
+           and "no error found" not in l and not re.match(r"ERROR: cannot scan /dev/", l)]
+    assert p.returncode == 0 and "no error found" in out and not bad, (
+        "btrfs check after %s failed (exit %d):\n%s" % (what, p.returncode, out))
+
+
+def super_field(img, name):
+    p = run(["btrfs", "inspect-internal", "dump-super", img])
+    assert p.returncode == 0, p.stderr
+    m = re.search(r"^%s\s+(\d+)" % re.escape(name), p.stdout, re.M)
+    assert m, "dump-super has no %s:\n%s" % (name, p.stdout)
+    return int(m.group(1))
+
+
+def state(path):
+    """What an fsync must keep of one file: mode, size, nlink, content hash, xattrs."""
+    st = os.lstat(path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    xattrs = {n: os.getxattr(path, n, follow_symlinks=False) for n in os.listxattr(path, follow_symlinks=False)}
+    return {"mode": oct(st.st_mode), "size": st.st_size, "nlink": st.st_nlink, "sha256": digest, "xattrs": xattrs}
+
+
+def fsync_path(path, data=False):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (os.fdatasync if data else os.fsync)(fd)
+    finally:
+        os.close(fd)
+
+
+def data(seed, n):
+    out = bytearray()
+    h = hashlib.sha256(b"%d" % seed).digest()
+    while len(out) < n:
+        out += h
+        h = hashlib.sha256(h).digest()
+    return bytes(out[:n])
+
+
+def write_file(path, payload, mode=0o644, flags=os.O_CREAT | os.O_WRONLY | os.O_TRUNC, offset=None):
+    fd = os.open(path, flags, mode)
+    try:
+        if offset is not None:
+            os.pwrite(fd, payload, offset)
+        else:
+            os.write(fd, payload)
+    finally:
+        os.close(fd)
+
+
+def commits(trace):
+    with open(trace) as f:
+        return sum(1 for l in f if '"event":"commit"' in l)
+
+
+class Scenario:
+    """One crash test: base() runs and is committed, work(s) runs and records expectations through s.expect."""
+
+    def __init__(self, root):
+        self.root = root
+        self.expected = {}   # relative path -> state at its last fsync
+        self.present = []    # relative paths the base commit guarantees
+
+    def p(self, rel):
+        return os.path.join(self.root, rel)
+
+    def fsync(self, rel, also=(), datasync=False):
+        fsync_path(self.p(rel), datasync)
+        for r in (rel,) + tuple(also):
+            self.expected[r] = state(self.p(r))
+
+
+def crash_run(name, base, work, tmp_path, expect_commits=0):
+    img = str(tmp_path / ("%s.img" % name))
+    trace = str(tmp_path / ("%s.trace" % name))
+    with open(img, "wb") as f:
+        f.truncate(IMG_SIZE)
+    p = run(["mkfs.btrfs", "-q", "-f", img])
+    assert p.returncode == 0, p.stderr
+    with mounts.fuse_mount(BIN, img, options="rw,commit=3600,trace=%s" % trace, check_exit=False) as m:
+        s = Scenario(m.path)
+        base(s)
+        fsync_path(m.path)  # a directory fsync commits: the base state
+        base_commits = commits(trace)
+        work(s)
+        after = commits(trace)
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+    assert after - base_commits == expect_commits, (
+        "%s: %d commits after the base commit, expected %d (fsync should %s)" % (
+            name, after - base_commits, expect_commits, "write a log" if expect_commits == 0 else "commit"))
+    if expect_commits == 0:
+        assert super_field(img, "log_root") != 0, "%s: no log_root in the superblock after fsync" % name
+    marker = mounts.dmesg_marker()
+    with mounts.kernel_mount(img, options="rw") as k:
+        for rel, want in sorted(s.expected.items()):
+            path = os.path.join(k.path, rel)
+            assert os.path.lexists(path), "%s: %s is gone after the kernel's log replay" % (name, rel)
+            got = state(path)
+            for field in want:
+                assert got[field] == want[field], "%s: %s: %s is %r after replay, %r at fsync" % (
+                    name, rel, field, got[field], want[field])
+        for rel in s.present:
+            assert os.path.lexists(os.path.join(k.path, rel)), "%s: committed %s is gone" % (name, rel)
+        loops = list(k.loops)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
+    assert not errs, "%s: kernel log after replay:\n%s" % (name, "\n".join(errs))
+    assert super_field(img, "log_root") == 0
+    check(img, "%s: the kernel's replay" % name)
+
+
+# ------------------------------------------------------------------ scenarios
+
+def base_dirs(s):
+    os.mkdir(s.p("d"))
+    os.mkdir(s.p("e"))
+    write_file(s.p("d/old"), data(1, 300000))
+    write_file(s.p("d/big"), data(2, 1 << 20))
+    write_file(s.p("d/xa"), data(3, 5000))
+    os.setxattr(s.p("d/xa"), "user.keep", b"k")
+    os.setxattr(s.p("d/xa"), "user.gone", b"g")
+    s.present += ["d/old", "d/big", "d/xa", "e"]
+
+
+def test_create_write_xattr(tmp_path):
+    def work(s):
+        write_file(s.p("d/tiny"), b"tiny file\n", 0o600)              # inline
+        s.fsync("d/tiny")
+        write_file(s.p("d/one"), data(10, 4096), 0o640)
+        write_file(s.p("d/multi"), data(11, 700001), 0o755)
+        os.setxattr(s.p("d/multi"), "user.a", b"1" * 100)
+        os.setxattr(s.p("d/multi"), "user.b", b"")
+        s.fsync("d/one")
+        s.fsync("d/multi")
+        write_file(s.p("e/empty"), b"")
+        s.fsync("e/empty")
+    crash_run("create", base_dirs, work, tmp_path)
+
+
+def test_extend_overwrite(tmp_path):
+    def work(s):
+        write_file(s.p("d/old"), data(20, 50000), flags=os.O_WRONLY | os.O_APPEND)
+        s.fsync("d/old")
+        write_file(s.p("d/big"), data(21, 10000), flags=os.O_WRONLY, offset=123456)
+        s.fsync("d/big")
+        write_file(s.p("d/old"), data(22, 7), flags=os.O_WRONLY, offset=5)   # a second fsync adds to the log
+        s.fsync("d/old", datasync=True)
+    crash_run("extend", base_dirs, work, tmp_path)
+
+
+def test_truncate(tmp_path):
+    def work(s):
+        os.truncate(s.p("d/big"), 10000)
+        s.fsync("d/big")
+        os.truncate(s.p("d/big"), 1 << 20)      # up again: the committed extents there must read as zeros
+        write_file(s.p("d/big"), b"tail", flags=os.O_WRONLY, offset=900000)
+        s.fsync("d/big")
+        os.truncate(s.p("d/old"), 900000)       # up: a trailing hole
+        write_file(s.p("d/old"), b"end", flags=os.O_WRONLY, offset=899997)
+        os.truncate(s.p("d/old"), 2000000)
+        s.fsync("d/old")
+        write_file(s.p("e/grow"), data(30, 9000))
+        os.truncate(s.p("e/grow"), 100)
+        s.fsync("e/grow")
+    crash_run("truncate", base_dirs, work, tmp_path)
+
+
+def test_hardlink_xattr_removal(tmp_path):
+    def work(s):
+        write_file(s.p("d/new"), data(40, 20000))
+        os.link(s.p("d/new"), s.p("e/new-link"))
+        os.link(s.p("d/old"), s.p("e/old-link"))
+        os.removexattr(s.p("d/xa"), "user.gone")
+        os.setxattr(s.p("d/xa"), "user.added", b"a" * 300)
+        s.fsync("d/new", also=("e/new-link",))
+        s.fsync("d/old", also=("e/old-link",))
+        s.fsync("d/xa")
+    crash_run("hardlink", base_dirs, work, tmp_path)
+
+
+def test_many_files_one_log(tmp_path):
+    def work(s):
+        for i in range(60):
+            write_file(s.p("d/f%02d" % i), data(100 + i, 1000 * i + 1))
+            s.fsync("d/f%02d" % i)
+        for i in range(0, 60, 7):
+            write_file(s.p("d/f%02d" % i), data(200 + i, 3333), flags=os.O_WRONLY | os.O_APPEND)
+            s.fsync("d/f%02d" % i)
+    crash_run("many", base_dirs, work, tmp_path)
+
+
+def test_rename_falls_back_to_commit(tmp_path):
+    def work(s):
+        os.rename(s.p("d/old"), s.p("e/renamed"))
+        write_file(s.p("e/renamed"), data(50, 100), flags=os.O_WRONLY | os.O_APPEND)
+        s.fsync("e/renamed")                       # a rename in the transaction: commit
+        s.present.remove("d/old")
+    crash_run("rename", base_dirs, work, tmp_path, expect_commits=1)
+
+
+def test_new_directory_falls_back_to_commit(tmp_path):
+    def work(s):
+        os.mkdir(s.p("d/sub"))
+        write_file(s.p("d/sub/f"), data(60, 12345))
+        s.fsync("d/sub/f")                         # its parent is not in the last commit: commit
+        write_file(s.p("d/sub/g"), data(61, 999))  # ... after which the directory is, and fsync logs
+        s.fsync("d/sub/g")
+    crash_run("newdir", base_dirs, work, tmp_path, expect_commits=1)
