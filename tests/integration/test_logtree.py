@@ -124,13 +124,16 @@ class Scenario:
             self.expected[r] = state(self.p(r))
 
 
-def crash_run(name, base, work, tmp_path, expect_commits=0):
+def crash_run(name, base, work, tmp_path, expect_commits=0, prep=None):
     img = str(tmp_path / ("%s.img" % name))
     trace = str(tmp_path / ("%s.trace" % name))
     with open(img, "wb") as f:
         f.truncate(IMG_SIZE)
     p = run(["mkfs.btrfs", "-q", "-f", img])
     assert p.returncode == 0, p.stderr
+    if prep:
+        with mounts.kernel_mount(img, options="rw") as k:
+            prep(k.path)
     with mounts.fuse_mount(BIN, img, options="rw,commit=3600,trace=%s" % trace, check_exit=False) as m:
         s = Scenario(m.path)
         base(s)
@@ -260,3 +263,37 @@ def test_new_directory_falls_back_to_commit(tmp_path):
         write_file(s.p("d/sub/g"), data(61, 999))  # ... after which the directory is, and fsync logs
         s.fsync("d/sub/g")
     crash_run("newdir", base_dirs, work, tmp_path, expect_commits=1)
+
+
+def test_log_after_commit(tmp_path):
+    def work(s):
+        write_file(s.p("d/a"), data(70, 40000))
+        s.fsync("d/a")                             # log of transaction N
+        fsync_path(s.p("d"))                       # fsync of a changed directory commits N (log_root cleared)
+        write_file(s.p("d/a"), data(71, 4096), flags=os.O_WRONLY | os.O_APPEND)
+        write_file(s.p("e/b"), data(72, 5000))
+        s.fsync("d/a")                             # a new log, of transaction N + 1
+        s.fsync("e/b")
+    crash_run("aftercommit", base_dirs, work, tmp_path, expect_commits=1)
+
+
+def test_two_subvolumes(tmp_path):
+    def prep(k):
+        subprocess.run(["btrfs", "subvolume", "create", os.path.join(k, "sv")], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.mkdir(os.path.join(k, "sv", "in"))
+        write_file(os.path.join(k, "sv", "in", "old"), data(80, 70000))
+
+    def base(s):
+        base_dirs(s)
+        s.present.append("sv/in/old")
+
+    def work(s):
+        write_file(s.p("sv/in/old"), data(81, 3000), flags=os.O_WRONLY | os.O_APPEND)
+        write_file(s.p("sv/in/new"), data(82, 66000))
+        os.setxattr(s.p("sv/in/new"), "user.sv", b"256")
+        s.fsync("sv/in/old")                       # subvolume 256's log tree
+        s.fsync("sv/in/new")
+        write_file(s.p("d/top"), data(83, 100))
+        s.fsync("d/top")                           # subvolume 5's log tree, same log root tree
+    crash_run("subvols", base, work, tmp_path, prep=prep)
