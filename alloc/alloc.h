@@ -187,7 +187,9 @@ int bf_extalloc_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_b
 /* A block of a log tree (the fsync log, journal/log.c): nodesize bytes of metadata space from a block group the
    last commit knows (never a new chunk: a log may reach only what the committed chunk tree maps), with no extent
    item and no reference; the space stays pinned until the next commit is on disk (bf_extalloc_committed), since
-   the superblock may point at the log until then. -ENOSPC when no committed metadata group has room. */
+   the superblock may point at the log until then. -ENOSPC when no committed metadata group has room, or when
+   the block would eat into what reservations, the global reserve and the queued changes' commit may need (the
+   log never starves the commit: the caller commits instead). */
 int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr);
 /* True if the running transaction made a chunk (a log must not be written then: it could name space the
    committed chunk tree does not map). */

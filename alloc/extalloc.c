@@ -246,9 +246,15 @@ const struct bf_alloc_ops *bf_extalloc_tree_ops(void) { return &tree_ops; }
 
 /* ---- log tree blocks ---- */
 
+/* What the commit of the queued changes may still take beyond the global reserve (defined below). */
+static uint64_t pending_commit_bytes(const struct bf_extalloc *ea);
+
 int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr)
 {
+	uint64_t keep = global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea) + ea->nodesize;
 	int ret = ready(ea);
+	if (!ret && ea_free_bytes(ea, EA_META) < keep)
+		return -ENOSPC; /* the log never takes what the running transaction's commit may need */
 	for (size_t i = 0; !ret && i < ea->nbgs; i++) {
 		const struct ea_bg *bg = ea->bgs[i];
 		uint64_t at;

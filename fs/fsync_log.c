@@ -5,9 +5,11 @@
  *
  * Owns: bf_fsync_log - the decision "log or commit" and the copy of one inode into the log.
  *
- * Key idea: after its buffered data has extents, the inode is logged whole: every item of it in the log is
- * dropped and its INODE_ITEM, INODE_REFs / INODE_EXTREFs (every name, so the replay links it into each parent
- * directory), XATTR_ITEMs and EXTENT_DATA items are copied from the live subvolume tree; with NO_HOLES a hole
+ * Key idea: after its buffered data has extents, the inode is logged whole: the log must hold exactly its
+ * INODE_ITEM, INODE_REFs / INODE_EXTREFs (every name, so the replay links it into each parent directory),
+ * XATTR_ITEMs and EXTENT_DATA items as the live subvolume tree has them (gathered in memory, then merged into the
+ * log item by item, changing only what differs, so an fsync after an append copies a leaf or two, not the whole
+ * file: the effect of the kernel's fast fsync, which logs only the changed extents); with NO_HOLES a hole
  * item covers each gap up to i_size rounded to a sector (so the replay punches out older extents there, as the
  * kernel's btrfs_log_holes and trailing hole do), and the checksums of extents written in this transaction go in
  * as EXTENT_CSUM items (those of older extents are in the committed csum tree already). The kernel's replay then
@@ -28,6 +30,17 @@
 #include "fs/write.h"
 #include "util/util.h"
 
+/* Items the log should hold for the inode (copies, in key order), or holds now. */
+struct litem {
+	struct bf_key key;
+	uint32_t size;
+	uint8_t *data;
+};
+struct ilist {
+	struct litem *v;
+	size_t n, cap;
+};
+
 /* One fsync's state. */
 struct lctx {
 	struct bf_fs *fs;
@@ -39,6 +52,7 @@ struct lctx {
 	bool datasum;
 	uint64_t (*sums)[2];      /* new extents' disk ranges whose checksums go in the log */
 	size_t nsums, sums_cap;
+	struct ilist want;        /* the inode's items as the log must hold them */
 };
 
 /* A commit instead of a log: say why in the trace, return 1. */
@@ -119,35 +133,108 @@ static int may_log(struct lctx *x, const struct bf_inode_item *ii)
 
 /* ---------------- copying into the log ---------------- */
 
-/* Drop every item of the inode from the log (the kernel's drop_inode_items before a full log). */
-static int drop_logged(struct lctx *x)
+static int ilist_add(struct ilist *l, const struct bf_key *k, const void *data, uint32_t size)
 {
-	struct bf_key key = { x->c.ino, UINT8_MAX, UINT64_MAX };
-	struct bf_path p;
-	int r;
+	uint8_t *copy = malloc(size ? size : 1);
 
-	for (;;) {
-		bf_path_init(&p, x->fs->env);
-		r = bf_search_slot(x->lt, x->log, &key, -1, true, &p);
-		if (r < 0)
-			return r;
-		uint32_t slot = p.slots[0], start = slot;
-		while (start > 0 && bf_leaf_key(p.nodes[0], start - 1).objectid == x->c.ino)
-			start--;
-		if (start == slot) {
-			bf_path_release(&p);
-			return 0;
+	if (!copy)
+		return -ENOMEM;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 32;
+		struct litem *n = realloc(l->v, cap * sizeof(*n));
+		if (!n) {
+			free(copy);
+			return -ENOMEM;
 		}
-		p.slots[0] = start; /* the path must point at an item of the batch */
-		r = bf_del_items(x->lt, x->log, &p, start, slot - start);
-		if (r || start > 0)
-			return r; /* items before start in the leaf belong to smaller keys: nothing of ours is left */
+		l->v = n;
+		l->cap = cap;
 	}
+	memcpy(copy, data, size);
+	l->v[l->n++] = (struct litem){ *k, size, copy };
+	return 0;
+}
+
+static void ilist_free(struct ilist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].data);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+static int have_cb(void *ctx, const struct bf_key *k, const uint8_t *data, uint32_t size)
+{
+	return ilist_add(ctx, k, data, size);
 }
 
 static int log_insert(struct lctx *x, const struct bf_key *k, const void *data, uint32_t size)
 {
 	return bf_insert_item(x->lt, x->log, k, data, size);
+}
+
+static int log_delete(struct lctx *x, const struct bf_key *k)
+{
+	struct bf_path p;
+	int r;
+
+	bf_path_init(&p, x->fs->env);
+	r = bf_search_slot(x->lt, x->log, k, -1, true, &p);
+	if (r == 0)
+		return bf_del_items(x->lt, x->log, &p, p.slots[0], 1);
+	bf_path_release(&p);
+	return r > 0 ? -EUCLEAN : r; /* we listed it a moment ago: a bug */
+}
+
+static int log_overwrite(struct lctx *x, const struct litem *it)
+{
+	struct bf_path p;
+	uint32_t size = 0;
+	uint8_t *data;
+	int r;
+
+	bf_path_init(&p, x->fs->env);
+	r = bf_search_slot(x->lt, x->log, &it->key, 0, true, &p);
+	data = r == 0 ? bf_path_item_mut(x->lt, &p, &size) : NULL;
+	if (data && size == it->size)
+		memcpy(data, it->data, size);
+	else if (r >= 0)
+		r = -EUCLEAN;
+	bf_path_release(&p);
+	return r;
+}
+
+/* Make the log's items of the inode equal x->want, changing only what differs (so a later fsync of a file
+   copies only the leaves its changes touch, as the kernel's fast fsync logs only what changed). */
+static int log_update(struct lctx *x)
+{
+	struct bf_key min = { x->c.ino, 0, 0 }, max = { x->c.ino, UINT8_MAX, UINT64_MAX };
+	struct ilist have = { NULL, 0, 0 };
+	size_t i = 0, j = 0;
+	int r = bf_iterate(x->fs->env, x->log, &min, &max, have_cb, &have);
+
+	while (!r && (i < x->want.n || j < have.n)) {
+		const struct litem *w = i < x->want.n ? &x->want.v[i] : NULL, *h = j < have.n ? &have.v[j] : NULL;
+		int c = !w ? 1 : !h ? -1 : bf_key_cmp(&w->key, &h->key);
+		if (c < 0) {
+			r = log_insert(x, &w->key, w->data, w->size);
+			i++;
+		} else if (c > 0) {
+			r = log_delete(x, &h->key);
+			j++;
+		} else {
+			if (w->size != h->size) {
+				r = log_delete(x, &h->key);
+				if (!r)
+					r = log_insert(x, &w->key, w->data, w->size);
+			} else if (memcmp(w->data, h->data, w->size) != 0) {
+				r = log_overwrite(x, w);
+			}
+			i++;
+			j++;
+		}
+	}
+	ilist_free(&have);
+	return r;
 }
 
 /* With NO_HOLES, an explicit hole item for [start, end) (the kernel's btrfs_insert_hole_extent into the log). */
@@ -163,7 +250,7 @@ static int log_hole(struct lctx *x, uint64_t start, uint64_t end)
 	put64(&fe.ram_bytes, end - start);
 	fe.type = BF_FILE_EXTENT_REG;
 	put64(&fe.num_bytes, end - start);
-	return log_insert(x, &k, &fe, sizeof(fe));
+	return ilist_add(&x->want, &k, &fe, sizeof(fe));
 }
 
 static int want_sums(struct lctx *x, uint64_t start, uint64_t len)
@@ -192,7 +279,7 @@ static int copy_extent(struct lctx *x, const struct bf_key *k, const uint8_t *da
 		return r;
 	if (k->offset > x->next && (r = log_hole(x, x->next, k->offset)) != 0)
 		return r;
-	r = log_insert(x, k, data, size);
+	r = ilist_add(&x->want, k, data, size);
 	if (r)
 		return r;
 	x->next = bf_max64(x->next, bf_fext_end(&e, x->c.fs->fi->sectorsize));
@@ -213,11 +300,11 @@ static int copy_cb(void *ctx, const struct bf_key *k, const uint8_t *data, uint3
 			return -EUCLEAN;
 		memcpy(&ii, data, sizeof(ii));
 		put64(&ii.transid, x->transid); /* fill_inode_item */
-		return log_insert(x, k, &ii, sizeof(ii));
+		return ilist_add(&x->want, k, &ii, sizeof(ii));
 	case BF_INODE_REF_KEY:
 	case BF_INODE_EXTREF_KEY:
 	case BF_XATTR_ITEM_KEY:
-		return log_insert(x, k, data, size);
+		return ilist_add(&x->want, k, data, size);
 	case BF_EXTENT_DATA_KEY:
 		return copy_extent(x, k, data, size);
 	default:
@@ -305,11 +392,11 @@ static int log_inode(struct lctx *x)
 	int r = bf_log_tree(x->fs->fi, x->c.subvol, &x->lt, &x->log);
 
 	if (!r)
-		r = drop_logged(x);
-	if (!r)
 		r = bf_iterate(x->fs->env, x->c.root, &min, &max, copy_cb, x);
 	if (!r && x->isize > x->next) /* the trailing hole, up to i_size rounded to a sector */
 		r = log_hole(x, x->next, x->isize % ss ? x->isize - x->isize % ss + ss : x->isize);
+	if (!r)
+		r = log_update(x);
 	for (size_t i = 0; !r && i < x->nsums; i++)
 		r = log_sums(x, x->sums[i][0], x->sums[i][1]);
 	if (!r)
@@ -361,6 +448,7 @@ int bf_fsync_log(struct bf_wop *op, uint64_t root, uint64_t ino)
 	x.datasum = !(get64(ii.flags) & BF_INODE_NODATASUM);
 	r = log_inode(&x);
 	free(x.sums);
+	ilist_free(&x.want);
 	if (r) {
 		bf_log(BF_LOG_DEBUG, "fsync of inode %" PRIu64 " (subvolume %" PRIu64 ") commits instead of logging: %s",
 		       ino, root, strerror(-r));

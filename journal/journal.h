@@ -1,9 +1,10 @@
 /*
- * journal/journal.h - superblocks, opening a filesystem, transactions and commit; later, the log tree.
+ * journal/journal.h - superblocks, opening a filesystem, transactions and commit, the fsync log.
  *
  * Owns: reading and validating superblocks (primary and copies, newest valid generation wins), matching the
  * given devices into one volume, bootstrapping the chunk map (system chunk array, then the chunk tree), and
- * finding the roots of the global trees; transactions and the commit protocol. Later: the log tree and its replay.
+ * finding the roots of the global trees; transactions and the commit protocol; writing the fsync log (the log
+ * root tree and one log tree per subvolume). Later: replaying a log.
  *
  * Key idea: open is a fixed sequence in which each step only trusts what earlier steps verified:
  * superblock (checksum, magic, sizes, features) -> devices (fsid, devid, uuid) -> system chunks -> chunk tree

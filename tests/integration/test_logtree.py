@@ -297,3 +297,135 @@ def test_two_subvolumes(tmp_path):
         write_file(s.p("d/top"), data(83, 100))
         s.fsync("d/top")                           # subvolume 5's log tree, same log root tree
     crash_run("subvols", base, work, tmp_path, prep=prep)
+
+
+# ------------------------------------------------------------------ randomized
+
+SEEDS = range(int(os.environ.get("BTRFS_FUSE_LOG_SEEDS", "40" if os.environ.get("BTRFS_FUSE_SOAK") else "3")))
+
+
+class Model:
+    """What a crash must keep: for each path, its state at the last point it became durable (its fsync, or a
+    commit - seen in the trace), as long as nothing changed it since. A path changed after that point (or
+    renamed or unlinked) has no expectation until it is durable again."""
+
+    def __init__(self, root, trace):
+        self.root, self.trace = root, trace
+        self.expected, self.dirty = {}, set()
+        self.commits = commits(trace)
+
+    def paths(self):
+        out = []
+        for d, _dirs, files in os.walk(self.root):
+            out += [os.path.relpath(os.path.join(d, f), self.root) for f in files]
+        return out
+
+    def names_of(self, rel):
+        ino = os.lstat(os.path.join(self.root, rel)).st_ino
+        return [p for p in self.paths() if os.lstat(os.path.join(self.root, p)).st_ino == ino]
+
+    def changed(self, rels):
+        for r in rels:
+            self.dirty.add(r)
+            self.expected.pop(r, None)
+
+    def durable(self, rels):
+        n = commits(self.trace)
+        if n != self.commits:  # a commit: everything is durable
+            self.commits = n
+            rels = self.paths()
+        for r in rels:
+            self.expected[r] = state(os.path.join(self.root, r))
+            self.dirty.discard(r)
+
+
+def random_work(rng, m, nops):
+    files = ["d/old", "d/big", "d/xa"]
+    dirs = ["d", "e"]
+    for op in range(nops):
+        live = [f for f in files if os.path.exists(m.p(f))]
+        kind = rng.choice(["create", "append", "overwrite", "truncate", "link", "xattr", "rmxattr", "fsync",
+                           "fsync", "fsync", "fdatasync", "rename", "unlink", "dirsync"])
+        what = "seed op %d: %s" % (op, kind)
+        if kind == "create" or not live:
+            rel = "%s/n%d" % (rng.choice(dirs), op)
+            write_file(m.p(rel), data(rng.randrange(1 << 30), rng.choice([0, 5, 3000, 4096, 70000, 300000])))
+            files.append(rel)
+            m.changed([rel])
+            continue
+        rel = rng.choice(live)
+        names = m.names_of(rel)
+        if kind == "append":
+            write_file(m.p(rel), data(op, rng.randrange(1, 50000)), flags=os.O_WRONLY | os.O_APPEND)
+        elif kind == "overwrite":
+            write_file(m.p(rel), data(op, rng.randrange(1, 20000)), flags=os.O_WRONLY,
+                       offset=rng.randrange(0, 400000))
+        elif kind == "truncate":
+            os.truncate(m.p(rel), rng.randrange(0, 600000))
+        elif kind == "link":
+            new = "%s/l%d" % (rng.choice(dirs), op)
+            os.link(m.p(rel), m.p(new))
+            files.append(new)
+            names.append(new)
+        elif kind == "xattr":
+            os.setxattr(m.p(rel), "user.k%d" % rng.randrange(4), data(op, rng.randrange(0, 200)))
+        elif kind == "rmxattr":
+            have = os.listxattr(m.p(rel))
+            if not have:
+                continue
+            os.removexattr(m.p(rel), rng.choice(have))
+        elif kind in ("fsync", "fdatasync"):
+            fsync_path(m.p(rel), kind == "fdatasync")
+            m.durable(names)
+            continue
+        elif kind == "dirsync":
+            fsync_path(m.p(rng.choice(dirs)))
+            m.durable([])
+            continue
+        elif kind == "rename":
+            new = "%s/r%d" % (rng.choice(dirs), op)
+            os.rename(m.p(rel), m.p(new))
+            files.append(new)
+            names.append(new)
+        elif kind == "unlink":
+            os.unlink(m.p(rel))
+        m.changed(names)
+        assert what
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_crash(tmp_path, seed):
+    import random
+    rng = random.Random(seed)
+    name = "random-seed%d" % seed
+    img = str(tmp_path / "r.img")
+    trace = str(tmp_path / "r.trace")
+    with open(img, "wb") as f:
+        f.truncate(IMG_SIZE)
+    assert run(["mkfs.btrfs", "-q", "-f", img]).returncode == 0
+    with mounts.fuse_mount(BIN, img, options="rw,commit=3600,trace=%s" % trace, check_exit=False) as mt:
+        s = Scenario(mt.path)
+        base_dirs(s)
+        fsync_path(mt.path)
+        m = Model(mt.path, trace)
+        m.p = s.p
+        m.durable([])
+        random_work(rng, m, 120)
+        os.kill(mt.proc.pid, signal.SIGKILL)
+        mt.proc.wait(timeout=10)
+    with open(trace) as f:
+        logs = sum(1 for l in f if '"event":"log_sync"' in l)
+    assert logs > 0, "%s: no fsync wrote a log" % name
+    marker = mounts.dmesg_marker()
+    with mounts.kernel_mount(img, options="rw") as k:
+        for rel, want in sorted(m.expected.items()):
+            path = os.path.join(k.path, rel)
+            assert os.path.lexists(path), "%s: %s (durable) is gone after the kernel's log replay" % (name, rel)
+            got = state(path)
+            for field in ("mode", "size", "sha256", "xattrs"):
+                assert got[field] == want[field], "%s: %s: %s is %r after replay, %r when durable" % (
+                    name, rel, field, got[field], want[field])
+        loops = list(k.loops)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
+    assert not errs, "%s: kernel log after replay:\n%s" % (name, "\n".join(errs))
+    check(img, "%s: the kernel's replay" % name)
