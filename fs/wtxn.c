@@ -358,15 +358,14 @@ int bf_fs_fsync(struct bf_fs *fs, uint64_t nodeid, bool datasync)
 		return 0;
 	if (bf_journal_failed(fs->fi, NULL))
 		return -EIO;
-	r = bf_nodeid_split(fs, nodeid, &root, &ino);
-	if (r)
-		return r;
+	if (bf_nodeid_split(fs, nodeid, &root, &ino) != 0)
+		return bf_fs_sync(fs);
 	r = bf_wop_begin(fs, &op);
 	if (r)
 		return r == -EROFS && bf_journal_failed(fs->fi, NULL) ? -EIO : r;
 	op.what = "fsync";
 	r = bf_fsync_log(&op, root, ino);
-	if (r == 1)
+	if (r == 1 || (r < 0 && !op.changed)) /* a commit makes everything durable, whatever stopped the log */
 		r = bf_commit(fs->fi);
 	return bf_wop_end(&op, r);
 }
