@@ -433,11 +433,24 @@ def test_random_crash(tmp_path, seed):
 
 # ------------------------------------------------------------------ our replay vs the kernel's
 
+def view(root, rels):
+    """The states of rels under root: state() for files, the mode for directories, None where absent."""
+    out = {}
+    for r in rels:
+        path = os.path.join(root, r)
+        if not os.path.lexists(path):
+            out[r] = None
+        elif os.path.isdir(path):
+            out[r] = {"mode": oct(os.lstat(path).st_mode)}
+        else:
+            out[r] = state(path)
+    return out
+
+
 def fuse_view(img, rels, options):
-    """The states of rels (None where absent) as btrfs-fuse shows img."""
+    """view() of rels as btrfs-fuse shows img."""
     with mounts.fuse_mount(BIN, img, options=options) as m:
-        return {r: (state(os.path.join(m.path, r)) if os.path.lexists(os.path.join(m.path, r)) else None)
-                for r in rels}
+        return view(m.path, rels)
 
 
 def test_replay_matches_kernel(tmp_path):
@@ -474,7 +487,6 @@ def test_replay_matches_kernel(tmp_path):
     if ours["d/only-in-log"] is None:
         pytest.skip("btrfs-fuse does not replay logs yet (a file that only the log holds is missing)")
     with mounts.kernel_mount(img, options="rw") as k:
-        kernel = {r: (state(os.path.join(k.path, r)) if os.path.lexists(os.path.join(k.path, r)) else None)
-                  for r in rels}
+        kernel = view(k.path, rels)
     for r in rels:
         assert ours[r] == kernel[r], "replay: %s is %r with btrfs-fuse, %r with the kernel" % (r, ours[r], kernel[r])
