@@ -1,7 +1,8 @@
 /*
- * fs/fsync_log.c - fsync of a file through the log tree (the kernel's btrfs_log_inode_parent with
- * LOG_INODE_ALL, writing side): instead of a commit, the file's items are copied into its subvolume's log tree
- * and the log is made durable (journal/log.c).
+ * fs/fsync_log.c - fsync of a file or directory through the log tree (the kernel's btrfs_log_inode_parent
+ * with LOG_INODE_ALL, writing side): instead of a commit, the inode's items are copied into its subvolume's log
+ * tree and the log is made durable (journal/log.c). A directory is logged with its DIR_INDEX items, after the
+ * regular files it names that changed in the running transaction (each logged whole).
  *
  * Owns: bf_fsync_log - the decision "log or commit" and the copy of one inode into the log.
  *
@@ -17,8 +18,9 @@
  * and checksums) and its link count. Whatever a log cannot say safely is a commit instead, decided before
  * anything is logged (docs/ARCHITECTURE.md, "fsync and the log tree"): an entry removed in the running
  * transaction (unlink, rmdir, rename: the kernel's last_unlink_trans rules, here mount-wide), a parent directory
- * created in it (the log would name a directory the replay cannot find), anything but a regular file, an inode
- * without names, item kinds the log does not copy, a chunk made in the transaction, and any error while logging.
+ * created in it (the log would name a directory the replay cannot find), a symlink or special file, a
+ * directory created in the transaction or naming a new directory, symlink or special file, an inode without
+ * names, item kinds the log does not copy, a chunk made in the transaction, and any error while logging.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -117,8 +119,10 @@ static int may_log(struct lctx *x, const struct bf_inode_item *ii)
 
 	if (x->fs->ns->last_unlink_trans >= x->transid)
 		return commit_instead(x, "a directory entry was removed or renamed in the running transaction");
-	if (!S_ISREG(get32(ii->mode)))
-		return commit_instead(x, "not a regular file");
+	if (!S_ISREG(get32(ii->mode)) && !S_ISDIR(get32(ii->mode)))
+		return commit_instead(x, "not a regular file or directory");
+	if (S_ISDIR(get32(ii->mode)) && get64(ii->generation) >= x->transid)
+		return commit_instead(x, "a directory created in the running transaction");
 	if (bf_extalloc_new_chunks(bf_txn_alloc(x->fs->fi)))
 		return commit_instead(x, "the running transaction made a chunk");
 	r = bf_iterate(x->fs->env, x->c.root, &min, &max, parents_cb, &ps);
@@ -307,6 +311,10 @@ static int copy_cb(void *ctx, const struct bf_key *k, const uint8_t *data, uint3
 		return ilist_add(&x->want, k, data, size);
 	case BF_EXTENT_DATA_KEY:
 		return copy_extent(x, k, data, size);
+	case BF_DIR_ITEM_KEY:
+		return 0; /* a directory's log holds its DIR_INDEX items only, as the kernel's; the replay adds both */
+	case BF_DIR_INDEX_KEY:
+		return ilist_add(&x->want, k, data, size);
 	default:
 		return -EOPNOTSUPP; /* an item kind the log does not copy (verity, ...): commit instead */
 	}
@@ -385,7 +393,26 @@ static int log_sums(struct lctx *x, uint64_t start, uint64_t len)
 
 /* ---------------- the fsync ---------------- */
 
-static int log_inode(struct lctx *x)
+static void lctx_init(struct lctx *x, struct bf_wop *op, uint64_t root, uint64_t ino)
+{
+	memset(x, 0, sizeof(*x));
+	x->fs = op->fs;
+	x->transid = op->t->transid;
+	x->c.fs = op->fs;
+	x->c.t = op->t;
+	x->c.subvol = root;
+	x->c.ino = ino;
+	x->c.no_holes = op->fs->fi->incompat & BF_FEATURE_INCOMPAT_NO_HOLES;
+}
+
+static void lctx_free(struct lctx *x)
+{
+	free(x->sums);
+	ilist_free(&x->want);
+}
+
+/* Copy the inode's items into the log (not synced yet). */
+static int log_items(struct lctx *x)
 {
 	struct bf_key min = { x->c.ino, BF_INODE_ITEM_KEY, 0 }, max = { x->c.ino, BF_EXTENT_DATA_KEY, UINT64_MAX };
 	uint32_t ss = x->fs->fi->sectorsize;
@@ -399,9 +426,126 @@ static int log_inode(struct lctx *x)
 		r = log_update(x);
 	for (size_t i = 0; !r && i < x->nsums; i++)
 		r = log_sums(x, x->sums[i][0], x->sums[i][1]);
-	if (!r)
-		r = bf_log_sync(x->fs->fi);
 	return r;
+}
+
+/* Log one inode (not synced). ii: its item as loaded; for a regular file its buffered data gets extents first.
+   0: logged; 1: commit instead; < 0: error (op->changed once trees changed). */
+static int log_one(struct bf_wop *op, struct lctx *x, struct bf_inode_item *ii)
+{
+	uint64_t ds, de;
+	const uint8_t *dd;
+	int r = bf_txn_root(x->fs->fi, op->t, x->c.subvol, &x->c.root);
+
+	if (r)
+		return r;
+	r = may_log(x, ii);
+	if (r)
+		return r;
+	if (bf_data_dirty_next(x->fs, x->c.subvol, x->c.ino, 0, UINT64_MAX, &ds, &de, &dd)) {
+		op->changed = true; /* the flush changes trees: an error must abort */
+		r = bf_data_flush_inode(x->fs, op->t, x->c.subvol, x->c.ino);
+		if (!r && bf_extalloc_new_chunks(bf_txn_alloc(x->fs->fi)))
+			return commit_instead(x, "the data needed a new chunk");
+		if (!r)
+			r = bf_inode_load(x->fs, x->c.subvol, x->c.ino, ii);
+		if (r)
+			return r;
+	}
+	x->isize = S_ISREG(get32(ii->mode)) ? get64(ii->size) : 0;
+	x->datasum = !(get64(ii->flags) & BF_INODE_NODATASUM);
+	r = log_items(x);
+	if (r) {
+		bf_log(BF_LOG_DEBUG, "fsync of inode %" PRIu64 " (subvolume %" PRIu64 ") commits instead of logging: %s",
+		       x->c.ino, x->c.subvol, strerror(-r));
+		return commit_instead(x, "logging failed");
+	}
+	return 0;
+}
+
+/* ---------------- directories ---------------- */
+
+/* At most this many entries changed in the running transaction are logged with their directory. */
+#define DIR_CHILDREN_MAX 256
+
+struct children {
+	struct lctx *x;
+	uint64_t ino[DIR_CHILDREN_MAX];
+	size_t n;
+	bool commit;
+	const char *why;
+};
+
+/* A directory's entry: a regular file changed in the running transaction is logged with it (whole: the replay
+   adds a name only for an inode it finds, the kernel's log_new_dir_dentries; and its content is then durable
+   too). Other kinds are logged only when they existed at the last commit (their names are there already): a new
+   directory, symlink or special file means a commit. */
+static int child_cb(void *ctx, const struct bf_key *k, const uint8_t *data, uint32_t size)
+{
+	struct children *c = ctx;
+	struct bf_dir_item di;
+	struct bf_inode_item ii;
+	int r;
+
+	if (k->type != BF_DIR_INDEX_KEY)
+		return 0;
+	if (size < sizeof(di))
+		return -EUCLEAN;
+	memcpy(&di, data, sizeof(di));
+	if (di.location.type == BF_ROOT_ITEM_KEY)
+		return 0; /* a subvolume: btrfs-fuse never changes those entries */
+	if (di.location.type != BF_INODE_ITEM_KEY)
+		return -EUCLEAN;
+	r = bf_inode_load(c->x->fs, c->x->c.subvol, get64(di.location.objectid), &ii);
+	if (r)
+		return r;
+	if (get64(ii.transid) < c->x->transid)
+		return 0;
+	if (!S_ISREG(get32(ii.mode)) && get64(ii.generation) < c->x->transid)
+		return 0; /* an older directory or special file: its name is in the last commit already */
+	if (!S_ISREG(get32(ii.mode))) {
+		c->commit = true;
+		c->why = "a directory, symlink or special file created in the running transaction";
+		return 1;
+	}
+	for (size_t i = 0; i < c->n; i++)
+		if (c->ino[i] == get64(di.location.objectid))
+			return 0; /* two names of one inode */
+	if (c->n == DIR_CHILDREN_MAX) {
+		c->commit = true;
+		c->why = "too many directory entries changed in the running transaction";
+		return 1;
+	}
+	c->ino[c->n++] = get64(di.location.objectid);
+	return 0;
+}
+
+/* Log the changed regular files the directory names, then the directory itself. */
+static int log_dir(struct bf_wop *op, struct lctx *x, struct bf_inode_item *ii)
+{
+	struct bf_key min = { x->c.ino, BF_DIR_INDEX_KEY, 0 }, max = { x->c.ino, BF_DIR_INDEX_KEY, UINT64_MAX };
+	struct children *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	c->x = x;
+	r = bf_txn_root(x->fs->fi, op->t, x->c.subvol, &x->c.root);
+	if (!r)
+		r = bf_iterate(x->fs->env, x->c.root, &min, &max, child_cb, c);
+	if (!r && c->commit)
+		r = commit_instead(x, c->why);
+	for (size_t i = 0; !r && i < c->n; i++) {
+		struct lctx cx;
+		struct bf_inode_item ci;
+		lctx_init(&cx, op, x->c.subvol, c->ino[i]);
+		r = bf_inode_load(x->fs, x->c.subvol, c->ino[i], &ci);
+		if (!r)
+			r = log_one(op, &cx, &ci);
+		lctx_free(&cx);
+	}
+	free(c);
+	return r ? r : log_one(op, x, ii);
 }
 
 int bf_fsync_log(struct bf_wop *op, uint64_t root, uint64_t ino)
@@ -411,48 +555,21 @@ int bf_fsync_log(struct bf_wop *op, uint64_t root, uint64_t ino)
 	struct lctx x;
 	uint64_t ds, de;
 	const uint8_t *dd;
-	bool dirty = bf_data_dirty_next(fs, root, ino, 0, UINT64_MAX, &ds, &de, &dd);
-	int r;
+	int r = bf_inode_load(fs, root, ino, &ii);
 
-	memset(&x, 0, sizeof(x));
-	x.fs = fs;
-	x.transid = op->t->transid;
-	x.c.fs = fs;
-	x.c.t = op->t;
-	x.c.subvol = root;
-	x.c.ino = ino;
-	x.c.no_holes = fs->fi->incompat & BF_FEATURE_INCOMPAT_NO_HOLES;
-	r = bf_inode_load(fs, root, ino, &ii);
 	if (r)
 		return r;
-	if (!dirty && get64(ii.transid) < x.transid)
+	if (!bf_data_dirty_next(fs, root, ino, 0, UINT64_MAX, &ds, &de, &dd) && get64(ii.transid) < op->t->transid)
 		return 0; /* unchanged since the last commit (the kernel's btrfs_inode_in_log / last_trans check) */
-	r = bf_txn_root(fs->fi, op->t, root, &x.c.root);
-	if (r)
-		return r == -EROFS ? 0 : r; /* a read-only snapshot: nothing to sync */
-	r = may_log(&x, &ii);
-	if (r)
-		return r;
-	if (dirty) {
-		op->changed = true; /* the flush changes trees: an error must abort */
-		r = bf_data_flush_inode(fs, op->t, root, ino);
-		if (r)
-			return r;
-		if (bf_extalloc_new_chunks(bf_txn_alloc(fs->fi)))
-			return commit_instead(&x, "the data needed a new chunk");
-		r = bf_inode_load(fs, root, ino, &ii);
-		if (r)
-			return r;
+	lctx_init(&x, op, root, ino);
+	r = S_ISDIR(get32(ii.mode)) ? log_dir(op, &x, &ii) : log_one(op, &x, &ii);
+	if (r == -EROFS && !op->changed)
+		r = 0; /* a read-only snapshot: nothing there changes */
+	if (r == 0 && (r = bf_log_sync(fs->fi)) != 0) {
+		bf_log(BF_LOG_DEBUG, "fsync of inode %" PRIu64 " (subvolume %" PRIu64 "): writing the log failed (%s); "
+		       "committing instead", ino, root, strerror(-r));
+		r = commit_instead(&x, "writing the log failed");
 	}
-	x.isize = get64(ii.size);
-	x.datasum = !(get64(ii.flags) & BF_INODE_NODATASUM);
-	r = log_inode(&x);
-	free(x.sums);
-	ilist_free(&x.want);
-	if (r) {
-		bf_log(BF_LOG_DEBUG, "fsync of inode %" PRIu64 " (subvolume %" PRIu64 ") commits instead of logging: %s",
-		       ino, root, strerror(-r));
-		return commit_instead(&x, "logging failed");
-	}
-	return 0;
+	lctx_free(&x);
+	return r;
 }

@@ -107,6 +107,11 @@ def commits(trace):
         return sum(1 for l in f if '"event":"commit"' in l)
 
 
+def log_syncs(trace):
+    with open(trace) as f:
+        return sum(1 for l in f if '"event":"log_sync"' in l)
+
+
 class Scenario:
     """One crash test: base() runs and is committed, work(s) runs and records expectations through s.expect."""
 
@@ -269,7 +274,8 @@ def test_log_after_commit(tmp_path):
     def work(s):
         write_file(s.p("d/a"), data(70, 40000))
         s.fsync("d/a")                             # log of transaction N
-        fsync_path(s.p("d"))                       # fsync of a changed directory commits N (log_root cleared)
+        os.mkdir(s.p("d/c1"))
+        fsync_path(s.p("d/c1"))                    # fsync of a new directory commits N (log_root cleared)
         write_file(s.p("d/a"), data(71, 4096), flags=os.O_WRONLY | os.O_APPEND)
         write_file(s.p("e/b"), data(72, 5000))
         s.fsync("d/a")                             # a new log, of transaction N + 1
@@ -379,8 +385,15 @@ def random_work(rng, m, nops):
             m.durable(names)
             continue
         elif kind == "dirsync":
-            fsync_path(m.p(rng.choice(dirs)))
-            m.durable([])
+            d = rng.choice(dirs)
+            before = log_syncs(m.trace)
+            fsync_path(m.p(d))
+            if log_syncs(m.trace) == before:
+                m.durable([])  # a commit (all durable), or the directory was unchanged: its names are committed
+                continue
+            # logged with the directory: every file it names (changed ones in full), with all their names
+            m.durable(sorted({n for f in os.listdir(m.p(d)) if os.path.isfile(m.p(os.path.join(d, f)))
+                              for n in m.names_of(os.path.join(d, f))}))
             continue
         elif kind == "rename":
             new = "%s/r%d" % (rng.choice(dirs), op)
@@ -490,3 +503,25 @@ def test_replay_matches_kernel(tmp_path):
         kernel = view(k.path, rels)
     for r in rels:
         assert ours[r] == kernel[r], "replay: %s is %r with btrfs-fuse, %r with the kernel" % (r, ours[r], kernel[r])
+
+
+def test_directory_fsync(tmp_path):
+    def work(s):
+        write_file(s.p("d/n1"), data(95, 30000), 0o600)   # new files, not fsynced themselves
+        write_file(s.p("d/n2"), b"")
+        os.link(s.p("e/../d/xa"), s.p("d/xa-link"))       # a new name of an old file
+        write_file(s.p("d/old"), data(96, 100), flags=os.O_WRONLY | os.O_APPEND)
+        fsync_path(s.p("d"))                              # logs d, n1, n2, xa, old
+        for r in ("d/n1", "d/n2", "d/xa-link", "d/xa", "d/old", "d/big"):
+            s.expected[r] = state(s.p(r))
+    crash_run("dirsync", base_dirs, work, tmp_path)
+
+
+def test_directory_fsync_with_new_subdir_commits(tmp_path):
+    def work(s):
+        os.mkdir(s.p("e/sub"))
+        write_file(s.p("e/f"), data(97, 500))
+        fsync_path(s.p("e"))                              # a new subdirectory: commit
+        s.expected["e/f"] = state(s.p("e/f"))
+        s.present.append("e/sub")
+    crash_run("dirsync-subdir", base_dirs, work, tmp_path, expect_commits=1)
