@@ -129,12 +129,12 @@ class Scenario:
             self.expected[r] = state(self.p(r))
 
 
-def crash_run(name, base, work, tmp_path, expect_commits=0, prep=None):
+def crash_run(name, base, work, tmp_path, expect_commits=0, prep=None, mkfs_opts=()):
     img = str(tmp_path / ("%s.img" % name))
     trace = str(tmp_path / ("%s.trace" % name))
     with open(img, "wb") as f:
         f.truncate(IMG_SIZE)
-    p = run(["mkfs.btrfs", "-q", "-f", img])
+    p = run(["mkfs.btrfs", "-q", "-f"] + list(mkfs_opts) + [img])
     assert p.returncode == 0, p.stderr
     if prep:
         with mounts.kernel_mount(img, options="rw") as k:
@@ -534,3 +534,25 @@ def test_directory_fsync_with_new_subdir_commits(tmp_path):
         s.expected["e/f"] = state(s.p("e/f"))
         s.present.append("e/sub")
     crash_run("dirsync-subdir", base_dirs, work, tmp_path, expect_commits=1)
+
+
+VARIANTS = {"no-no-holes": ["-O", "^no-holes"], "mixed-bg": ["--mixed"], "nodesize-4k": ["-n", "4096"],
+            "xxhash": ["--csum", "xxhash"], "no-skinny": ["-O", "^skinny-metadata"], "single-meta": ["-m", "single"]}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_mkfs_variants(tmp_path, variant):
+    def work(s):
+        os.truncate(s.p("d/big"), 10000)
+        os.truncate(s.p("d/big"), 1 << 20)
+        write_file(s.p("d/big"), b"tail", flags=os.O_WRONLY, offset=900000)
+        s.fsync("d/big")
+        write_file(s.p("e/new"), data(98, 150000), 0o600)
+        os.setxattr(s.p("e/new"), "user.v", b"x" * 50)
+        s.fsync("e/new")
+        write_file(s.p("d/old"), data(99, 4096), flags=os.O_WRONLY | os.O_APPEND)
+        write_file(s.p("d/v-new"), data(100, 7000))
+        fsync_path(s.p("d"))                        # d changed (a new entry): logged with d/old and d/v-new
+        for r in ("d/old", "d/v-new"):
+            s.expected[r] = state(s.p(r))
+    crash_run("variant-" + variant, base_dirs, work, tmp_path, mkfs_opts=VARIANTS[variant])
