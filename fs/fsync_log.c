@@ -313,8 +313,15 @@ static int copy_cb(void *ctx, const struct bf_key *k, const uint8_t *data, uint3
 		return copy_extent(x, k, data, size);
 	case BF_DIR_ITEM_KEY:
 		return 0; /* a directory's log holds its DIR_INDEX items only, as the kernel's; the replay adds both */
-	case BF_DIR_INDEX_KEY:
+	case BF_DIR_INDEX_KEY: {
+		struct bf_dir_item di;
+		if (size < sizeof(di))
+			return -EUCLEAN;
+		memcpy(&di, data, sizeof(di));
+		if (di.location.type == BF_ROOT_ITEM_KEY)
+			return 0; /* a subvolume's entry: btrfs-fuse never changes those; the log leaves it alone */
 		return ilist_add(&x->want, k, data, size);
+	}
 	default:
 		return -EOPNOTSUPP; /* an item kind the log does not copy (verity, ...): commit instead */
 	}

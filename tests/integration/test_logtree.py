@@ -302,6 +302,10 @@ def test_two_subvolumes(tmp_path):
         s.fsync("sv/in/new")
         write_file(s.p("d/top"), data(83, 100))
         s.fsync("d/top")                           # subvolume 5's log tree, same log root tree
+        write_file(s.p("rootfile"), data(84, 5000))
+        fsync_path(s.p(""))                        # the top directory, which names subvolume sv, is logged
+        s.expected["rootfile"] = state(s.p("rootfile"))
+        s.present.append("sv")
     crash_run("subvols", base, work, tmp_path, prep=prep)
 
 
