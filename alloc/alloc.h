@@ -184,6 +184,17 @@ void bf_extalloc_data_unused(struct bf_extalloc *ea, uint64_t bytenr, uint64_t l
 int bf_extalloc_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_bytes, uint64_t root,
 			 uint64_t inode, uint64_t offset, int delta);
 
+/* A block of a log tree (the fsync log, journal/log.c): nodesize bytes of metadata space from a block group the
+   last commit knows (never a new chunk: a log may reach only what the committed chunk tree maps), with no extent
+   item and no reference; the space stays pinned until the next commit is on disk (bf_extalloc_committed), since
+   the superblock may point at the log until then. -ENOSPC when no committed metadata group has room, or when
+   the block would eat into what reservations, the global reserve and the queued changes' commit may need (the
+   log never starves the commit: the caller commits instead). */
+int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr);
+/* True if the running transaction made a chunk (a log must not be written then: it could name space the
+   committed chunk tree does not map). */
+bool bf_extalloc_new_chunks(const struct bf_extalloc *ea);
+
 /* Commit steps, called by the journal in order: apply every queued reference change (changing the extent
    tree, block group items and free space tree, inserting the items of chunks made in this transaction, which
    queues more; loops until none is left, at most 64 rounds, then -EUCLEAN); it may be called again after more

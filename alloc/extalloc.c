@@ -244,6 +244,43 @@ static const struct bf_alloc_ops tree_ops = {
 
 const struct bf_alloc_ops *bf_extalloc_tree_ops(void) { return &tree_ops; }
 
+/* ---- log tree blocks ---- */
+
+/* What the commit of the queued changes may still take beyond the global reserve (defined below). */
+static uint64_t pending_commit_bytes(const struct bf_extalloc *ea);
+
+int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr)
+{
+	uint64_t keep = global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea) + ea->nodesize;
+	int ret = ready(ea);
+	if (!ret && ea_free_bytes(ea, EA_META) < keep)
+		return -ENOSPC; /* the log never takes what the running transaction's commit may need */
+	for (size_t i = 0; !ret && i < ea->nbgs; i++) {
+		const struct ea_bg *bg = ea->bgs[i];
+		uint64_t at;
+		if (bg->created || !bg_serves(ea, bg, EA_META) || !fit_in_group(bg, bg->start, ea->nodesize,
+										   ea->nodesize, &at))
+			continue;
+		ret = take(ea, at, ea->nodesize);
+		if (!ret && (ret = ea_pin(ea, at, ea->nodesize)) != 0)
+			ea_unreserve(ea, at, ea->nodesize);
+		if (!ret) {
+			*bytenr = at;
+			bf_trace("alloc", "\"kind\":\"log_block\",\"bytenr\":%" PRIu64 ",\"bytes\":%u", at, ea->nodesize);
+		}
+		return ret;
+	}
+	return ret ? ret : -ENOSPC;
+}
+
+bool bf_extalloc_new_chunks(const struct bf_extalloc *ea)
+{
+	for (size_t i = 0; i < ea->nbgs; i++)
+		if (ea->bgs[i]->created)
+			return true;
+	return false;
+}
+
 /* ---- data ---- */
 
 static int resv_add(struct bf_extalloc *ea, uint64_t start, uint64_t len)

@@ -157,7 +157,9 @@ int bf_fs_may_write(struct bf_fs *fs, uint64_t nodeid);
 /* write(2) on a file opened with bf_fs_open_file: returns size or a negative errno (the data is buffered and
    written out at the next commit, as the kernel's page cache and delayed allocation). */
 ssize_t bf_fs_write(struct bf_fs *fs, struct bf_file *f, const void *buf, size_t size, uint64_t off);
-/* fsync / fsyncdir / syncfs: a full commit (the log tree is not written). */
+/* fsync / fdatasync / fsyncdir: the inode's items (a directory's with the changed files it names) go into the
+   log tree and the log is written (fs/fsync_log.c), or, where a log cannot say the change safely, a full
+   commit; nothing when the inode is unchanged since the last commit. */
 int bf_fs_fsync(struct bf_fs *fs, uint64_t nodeid, bool datasync);
 int bf_fs_sync(struct bf_fs *fs);
 

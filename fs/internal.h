@@ -119,6 +119,13 @@ void bf_data_close(struct bf_fs *fs);
    true with [*dstart, *dend) and *data pointing at the bytes of *dstart (valid until the next write call). */
 bool bf_data_dirty_next(struct bf_fs *fs, uint64_t root, uint64_t ino, uint64_t pos, uint64_t end, uint64_t *dstart,
 			uint64_t *dend, const uint8_t **data);
+/* ---- fsync through the log tree (fs/fsync_log.c) ---- */
+struct bf_wop;
+/* Make the file (root, ino) durable by writing the running transaction's log (its buffered data gets extents
+   first). Needs a write op (op: fs write lock, running transaction). 0: durable (logged, or nothing to do); 1: the
+   log cannot express it safely, commit instead; < 0: an error (with op->changed set when trees changed: abort). */
+int bf_fsync_log(struct bf_wop *op, uint64_t root, uint64_t ino);
+
 /* Bumped whenever any file extent item changes: readers drop cached extent maps when it moved. */
 uint64_t bf_data_seq(const struct bf_fs *fs);
 /* Buffered bytes of the inode not yet backed by extents past the old EOF (the kernel's new_delalloc_bytes, which

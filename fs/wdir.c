@@ -307,6 +307,7 @@ int bf_entry_del(struct bf_wop *op, struct bf_wino *d, const char *name, size_t 
 
 	if (r)
 		return r;
+	op->fs->ns->last_unlink_trans = op->t->transid; /* fsync must commit until this transaction has */
 	bf_path_init(&p, op->fs->env);
 	r = bf_search_slot(op->t, tree, &key, -1, true, &p);
 	if (r > 0)

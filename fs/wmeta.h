@@ -37,6 +37,9 @@ struct bf_nstate {
 	pthread_mutex_t open_lock; /* guards open[] (opens and releases run under the shared lock) */
 	struct bf_openent *open;
 	size_t nopen, open_cap;
+	/* The last transaction that removed a directory entry (unlink, rmdir, rename): fsync then commits instead of
+	   logging (the kernel's last_unlink_trans rule, here for the whole mount; fs/fsync_log.c). */
+	uint64_t last_unlink_trans;
 };
 /* The subvolume's write state (created on first use). */
 struct bf_subvol_w *bf_subvol_w(struct bf_fs *fs, uint64_t root);

@@ -346,11 +346,29 @@ int bf_fs_sync(struct bf_fs *fs)
 	return r;
 }
 
+/* fsync and fdatasync write the log where it can say the change (fs/fsync_log.c), else commit. A directory's
+   fsync commits. */
 int bf_fs_fsync(struct bf_fs *fs, uint64_t nodeid, bool datasync)
 {
-	(void)nodeid;
-	(void)datasync;
-	return bf_fs_sync(fs);
+	struct bf_wop op;
+	uint64_t root, ino;
+	int r;
+
+	(void)datasync; /* the log holds the inode item either way, as the kernel's does */
+	if (!fs->fi->journal)
+		return 0;
+	if (bf_journal_failed(fs->fi, NULL))
+		return -EIO;
+	if (bf_nodeid_split(fs, nodeid, &root, &ino) != 0)
+		return bf_fs_sync(fs);
+	r = bf_wop_begin(fs, &op);
+	if (r)
+		return r == -EROFS && bf_journal_failed(fs->fi, NULL) ? -EIO : r;
+	op.what = "fsync";
+	r = bf_fsync_log(&op, root, ino);
+	if (r == 1 || (r < 0 && !op.changed)) /* a commit makes everything durable, whatever stopped the log */
+		r = bf_commit(fs->fi);
+	return bf_wop_end(&op, r);
 }
 
 ssize_t bf_fs_write(struct bf_fs *fs, struct bf_file *f, const void *buf, size_t size, uint64_t off)

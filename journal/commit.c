@@ -183,6 +183,7 @@ static void commit_done(struct bf_journal *j, struct bf_trans *t)
 	j->depth = 0;
 	j->commits++;
 	bf_trans_destroy(t);
+	bf_log_discard(j); /* the superblocks just written say log_root = 0 */
 }
 
 /* True if the transaction changed nothing (no tree block was copied or created, so no root moved): a change
@@ -205,7 +206,9 @@ static int write_out(struct bf_journal *j, struct bf_trans *t, const char **step
 
 	*step = "updating root items and extent references";
 	r = bf_extalloc_run_delayed(j->ea, t);
-	if (!r && nothing_changed(j, t))
+	/* With a log synced, the superblock on disk names it: only a real commit may clear it (the shortcut would
+	   unpin the log's blocks while the superblock still points at them). */
+	if (!r && nothing_changed(j, t) && !j->log)
 		return 1;
 	if (!r)
 		r = bf_commit_settle(j, t);

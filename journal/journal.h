@@ -1,9 +1,10 @@
 /*
- * journal/journal.h - superblocks, opening a filesystem, transactions and commit; later, the log tree.
+ * journal/journal.h - superblocks, opening a filesystem, transactions and commit, the fsync log.
  *
  * Owns: reading and validating superblocks (primary and copies, newest valid generation wins), matching the
  * given devices into one volume, bootstrapping the chunk map (system chunk array, then the chunk tree), and
- * finding the roots of the global trees; transactions and the commit protocol. Later: the log tree and its replay.
+ * finding the roots of the global trees; transactions and the commit protocol; writing the fsync log (the log
+ * root tree and one log tree per subvolume). Later: replaying a log.
  *
  * Key idea: open is a fixed sequence in which each step only trusts what earlier steps verified:
  * superblock (checksum, magic, sizes, features) -> devices (fsid, devid, uuid) -> system chunks -> chunk tree
@@ -148,5 +149,34 @@ int bf_commit(struct bf_fsinfo *fi);
 bool bf_journal_failed(const struct bf_fsinfo *fi, const char **why);
 /* Number of commits since open (for tests and statistics). */
 uint64_t bf_journal_commits(const struct bf_fsinfo *fi);
+/* True while a transaction runs (changes not yet committed). */
+bool bf_txn_running(const struct bf_fsinfo *fi);
+
+/* ================= the fsync log (journal/log.c) =================
+ *
+ * fsync writes a log instead of a commit, in the kernel's on-disk format: a log root tree (owner
+ * BTRFS_TREE_LOG_OBJECTID) whose ROOT_ITEMs (TREE_LOG_OBJECTID, ROOT_ITEM, subvolume id) point at one log tree per
+ * subvolume; the fs layer copies the fsynced inodes' items into the log trees; bf_log_sync writes the log blocks
+ * (generation = the running transaction's id, no extent items, space pinned until the next commit), flushes,
+ * and writes the primary superblocks of the last commit with log_root set. The next commit writes log_root = 0
+ * and drops the log; an abort drops it too (the superblock on disk still names the last synced log, which stays
+ * intact: written log blocks are never changed in place and their space is not reused before a commit).
+ * Data extents a log names are safe from reuse until that commit: the allocator pins every data extent freed
+ * in a transaction until its commit. All calls need the fs write lock and a running transaction.
+ */
+/* The log tree of subvolume subvol in the running transaction (created, with the log root tree, on first use):
+   change it with btree calls on *lt and *root. -EROFS on a failed or read-only filesystem, -EINVAL without a
+   running transaction. */
+int bf_log_tree(struct bf_fsinfo *fi, uint64_t subvol, struct bf_trans **lt, struct bf_root **root);
+/* The data range [start, start + len) has its checksums in the log: 1 if that was recorded before, 0 if it is
+   now, -EEXIST for a partial overlap with a recorded range, -ENOMEM, -EINVAL. */
+int bf_log_csums_logged(struct bf_fsinfo *fi, uint64_t start, uint64_t len);
+/* Make the log durable (root items, blocks, flush, primary superblocks, flush). -EAGAIN when no log may be
+   written in this transaction (it made a chunk the committed chunk tree does not map); any error leaves the
+   superblock naming the last good log (or none): the caller then commits, which discards the log. */
+int bf_log_sync(struct bf_fsinfo *fi);
+/* True if the running transaction has a log; logs synced since open (for tests and statistics). */
+bool bf_log_active(const struct bf_fsinfo *fi);
+uint64_t bf_log_syncs(const struct bf_fsinfo *fi);
 
 #endif

@@ -64,6 +64,8 @@ struct bf_journal {
 	bool update_uuid_gen;            /* the uuid tree was current at open: keep uuid_tree_generation current */
 	bool failed;
 	char why[512];
+	struct bf_jlog *log;             /* journal/log.c: the fsync log of the running transaction, or NULL */
+	uint64_t log_syncs;              /* logs written since open */
 
 	unsigned interval;               /* seconds */
 	pthread_t thread;
@@ -102,5 +104,15 @@ int bf_backup_first_index(const struct bf_super *sb);
 int bf_super_commit(struct bf_journal *j, uint64_t transid);
 /* Fill backup slot idx of sb from the live roots (the kernel's backup_super_roots). */
 void bf_backup_fill(struct bf_journal *j, struct bf_super *sb, int idx);
+
+/* ---- journal/log.c ---- */
+/* Forget the log (after a commit wrote log_root = 0, or on abort); its space is unpinned with the commit's. */
+void bf_log_discard(struct bf_journal *j);
+
+/* ---- journal/superwrite.c (for the log) ---- */
+/* Write the primary superblock of every device as the last commit left it, with log_root / log_root_level set
+   (the kernel's write_all_supers(fs_info, 1) in btrfs_sync_log), and flush. -EIO if a device's primary does not
+   hold the last commit's generation or cannot be written. */
+int bf_super_write_log(struct bf_journal *j, uint64_t log_root, uint8_t level);
 
 #endif

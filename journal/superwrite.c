@@ -202,3 +202,51 @@ int bf_super_commit(struct bf_journal *j, uint64_t transid)
 		bf_log(BF_LOG_ERR, "commit: flushing the devices after the superblocks failed");
 	return r;
 }
+
+/* ---------------- the log's superblock (btrfs_sync_log) ---------------- */
+
+/* The primary copy of dev as the last commit wrote it, with the log root set. */
+static int write_log_primary(struct bf_journal *j, const struct bf_device *dev, uint64_t log_root, uint8_t level)
+{
+	struct bf_fsinfo *fi = j->fi;
+	uint64_t off = bf_sb_offset(0);
+	struct bf_super sb;
+	char why[256];
+	int r = bf_dev_pread(dev, &sb, sizeof(sb), off);
+
+	if (!r && bf_super_check(&sb, off, why, sizeof(why)) != 0) {
+		bf_log(BF_LOG_ERR, "fsync: the primary superblock of device %" PRIu64 " (%s) reads back invalid (%s)",
+		       dev->devid, dev->path ? dev->path : "?", why);
+		r = -EIO;
+	}
+	if (!r && get64(sb.generation) != fi->generation) {
+		bf_log(BF_LOG_ERR, "fsync: the primary superblock of device %" PRIu64 " (%s) has generation %" PRIu64
+		       ", not the last commit's %" PRIu64, dev->devid, dev->path ? dev->path : "?",
+		       get64(sb.generation), fi->generation);
+		r = -EIO;
+	}
+	if (r)
+		return r;
+	put64(&sb.log_root, log_root);
+	sb.log_root_level = level;
+	r = seal_copy(fi, &sb, off);
+	return r ? r : bf_dev_pwrite(dev, &sb, sizeof(sb), off);
+}
+
+int bf_super_write_log(struct bf_journal *j, uint64_t log_root, uint8_t level)
+{
+	const struct bf_volume *v = &j->fi->vol;
+	int r = 0;
+
+	for (size_t i = 0; !r && i < v->ndevs; i++) {
+		const struct bf_device *dev = v->devs[i];
+		if (dev->fd < 0 || !dev->writable)
+			return -EIO; /* every device must name the log, or the replay could miss it */
+		r = write_log_primary(j, dev, log_root, level);
+	}
+	if (!r && flush_all(v) != 0) {
+		bf_log(BF_LOG_ERR, "fsync: flushing the devices after the superblocks failed");
+		r = -EIO;
+	}
+	return r;
+}

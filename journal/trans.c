@@ -307,6 +307,7 @@ void bf_journal_do_abort(struct bf_journal *j, int err, const char *fmt, ...)
 	bf_log(BF_LOG_ERR, "%s", j->why);
 	j->failed = true;
 	fi->readonly = true;
+	bf_log_discard(j);
 	if (j->running) {
 		bf_trans_abort(j->running);
 		bf_trans_destroy(j->running);
