@@ -246,12 +246,12 @@ const struct bf_alloc_ops *bf_extalloc_tree_ops(void) { return &tree_ops; }
 
 /* ---- log tree blocks ---- */
 
-/* What the commit of the queued changes may still take beyond the global reserve (defined below). */
-static uint64_t pending_commit_bytes(const struct bf_extalloc *ea);
+/* What must stay free beside a new claim on metadata space (defined below). */
+static uint64_t meta_keep(const struct bf_extalloc *ea);
 
 int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr)
 {
-	uint64_t keep = global_reserve(ea) + ea->meta_reserved + pending_commit_bytes(ea) + ea->nodesize;
+	uint64_t keep = meta_keep(ea) + ea->nodesize;
 	int ret = ready(ea);
 	if (!ret && ea_free_bytes(ea, EA_META) < keep)
 		return -ENOSPC; /* the log never takes what the running transaction's commit may need */
