@@ -553,6 +553,10 @@ struct bf_qgroup_status_item {
 	bf_le64 flags;
 	bf_le64 rescan;
 } __attribute__((packed));
+#define BF_QGROUP_STATUS_VERSION 1
+#define BF_QGROUP_STATUS_FLAG_ON (1ULL << 0)
+#define BF_QGROUP_STATUS_FLAG_RESCAN (1ULL << 1)
+#define BF_QGROUP_STATUS_FLAG_INCONSISTENT (1ULL << 2)
 
 /* Compile-time checks of sizes that the format fixes. */
 _Static_assert(sizeof(struct bf_disk_key) == 17, "disk_key");
