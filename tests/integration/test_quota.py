@@ -3,7 +3,8 @@
 Owns: test_quota_roundtrip (a kernel-made image with qgroups, subvolumes, a snapshot and a
 limit: the same seeded workload through the kernel and through btrfs-fuse, then the qgroup
 status item, `btrfs check`, a clean kernel mount, a rescan, and the counts compared with the
-kernel's own), test_quota_untouched (a rw mount that writes nothing keeps the exact counts).
+kernel's own), test_quota_untouched (a rw mount that writes nothing keeps the exact counts),
+test_squota_readonly (simple quotas: read like the kernel, kept read-only under -o rw).
 
 Key idea: btrfs-fuse does not count qgroup usage. Like the kernel when it cannot account a
 change, the first commit that writes anything sets INCONSISTENT in the qgroup status item,
@@ -203,3 +204,65 @@ def test_quota_untouched():
         report = check_report(ctx, img, "after a rw mount without changes")
         if CHECK_EXPECTED in report or "are different" in report:
             ctx.fail("btrfs check finds qgroup differences:\n" + report)
+
+
+BTRFS_IOC_QUOTA_CTL = 0xC0109428          # _IOWR(0x94, 40, struct btrfs_ioctl_quota_ctl_args)
+BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA = 4   # btrfs-progs 6.2 has no `quota enable -s`: the ioctl directly
+
+
+def file_hash(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 * MiB), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_squota_readonly():
+    """Simple quotas: the kernel never marks them inconsistent (their counts follow every extent
+    allocation through owner references in the extent items), so btrfs-fuse reads such an image
+    but keeps it read-only under -o rw, with a message saying why; the image is not touched."""
+    import errno
+    import fcntl
+    import struct
+    import treecmp
+    ctx = workload.TestCtx("simple-quota image under %s -o rw" % LABEL,
+                           "/usr/bin/python3 -m pytest -q tests/integration/test_quota.py::test_squota_readonly")
+    with workload.workdir("squota") as d:
+        img = os.path.join(d, "s.img")
+        workload.mkfs_image(img, 512 * MiB)
+        with mounts.kernel_mount(img, KERNEL_RW) as k:
+            root = os.fspath(k)
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, struct.pack("<QQ", BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA, 0))
+            except OSError as e:
+                import pytest
+                pytest.skip("this kernel cannot enable simple quotas (%s)" % e)
+            finally:
+                os.close(fd)
+            with open(os.path.join(root, "f"), "wb") as f:
+                f.write(os.urandom(MiB + 123))
+            sh(ctx, ["btrfs", "subvolume", "create", os.path.join(root, "sv")])
+            with open(os.path.join(root, "sv/g"), "wb") as f:
+                f.write(os.urandom(70000))
+            sh(ctx, ["btrfs", "subvolume", "snapshot", os.path.join(root, "sv"), os.path.join(root, "snap")])
+        with mounts.kernel_mount(img, "ro") as k:
+            kman = treecmp.walk(k, seek_holes=True)
+        before = file_hash(img)
+        with workload.under_test(ctx, mounts, img, FUSE_RW) as f:
+            fman = treecmp.walk(f)
+            try:
+                open(os.path.join(os.fspath(f), "new"), "w").close()
+                ctx.fail("creating a file on the simple-quota image succeeded")
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    ctx.fail("creating a file: %s, expected EROFS" % e)
+        if "simple quotas" not in f.stderr_text():
+            ctx.fail("btrfs-fuse did not say why the mount is read-only:\n" + f.stderr_text())
+        diffs = treecmp.compare(kman, fman, ignore=["ino", "dino"], labels=("kernel", LABEL))
+        if diffs:
+            ctx.fail("the simple-quota image reads differently:\n  " + "\n  ".join(diffs[:30]))
+        if file_hash(img) != before:
+            ctx.fail("the image changed under a mount that had to stay read-only")
