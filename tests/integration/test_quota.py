@@ -4,7 +4,8 @@ Owns: test_quota_roundtrip (a kernel-made image with qgroups, subvolumes, a snap
 limit: the same seeded workload through the kernel and through btrfs-fuse, then the qgroup
 status item, `btrfs check`, a clean kernel mount, a rescan, and the counts compared with the
 kernel's own), test_quota_untouched (a rw mount that writes nothing keeps the exact counts),
-test_squota_readonly (simple quotas: read like the kernel, kept read-only under -o rw).
+test_squota_readonly (simple quotas: read like the kernel, kept read-only under -o rw),
+test_quota_rescan_in_progress_readonly (the status item's RESCAN flag, set on disk: read-only).
 
 Key idea: btrfs-fuse does not count qgroup usage. Like the kernel when it cannot account a
 change, the first commit that writes anything sets INCONSISTENT in the qgroup status item,
@@ -96,7 +97,7 @@ def status_item(ctx, image):
     m = re.search(r"key \(0 QGROUP_STATUS 0\).*\n\s*version (\d+) generation (\d+) flags (\S+) scan", out)
     if not m:
         ctx.fail("no qgroup status item in the quota tree:\n" + out[:3000])
-    names = {"ON": FLAG_ON, "RESCAN": FLAG_RESCAN, "INCONSISTENT": FLAG_INCONSISTENT}
+    names = {"ON": FLAG_ON, "RESCAN": FLAG_RESCAN, "SCANNING": FLAG_RESCAN, "INCONSISTENT": FLAG_INCONSISTENT}
     flags = 0
     for n in m.group(3).split("|"):
         flags |= names.get(n, 0)
@@ -264,5 +265,84 @@ def test_squota_readonly():
         diffs = treecmp.compare(kman, fman, ignore=["ino", "dino"], labels=("kernel", LABEL))
         if diffs:
             ctx.fail("the simple-quota image reads differently:\n  " + "\n  ".join(diffs[:30]))
+        if file_hash(img) != before:
+            ctx.fail("the image changed under a mount that had to stay read-only")
+
+
+def _crc32c(data):
+    table = _crc32c.table
+    if table is None:
+        table = _crc32c.table = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+            table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+_crc32c.table = None
+
+
+def set_status_flags(ctx, image, add):
+    """Set flag bits in the qgroup status item on disk, in every copy of its leaf (the quota tree of these
+    images is one leaf), with the leaf's crc32c checksum recomputed."""
+    import struct
+    out = sh(ctx, ["btrfs", "inspect-internal", "dump-tree", "-t", "quota", image])
+    m = re.search(r"^leaf (\d+) items", out, re.M)
+    if not m:
+        ctx.fail("the quota tree is not a single leaf:\n" + out[:2000])
+    logical = int(m.group(1))
+    maps = re.findall(r"mirror \d+ logical %d physical (\d+) device" % logical,
+                      sh(ctx, ["btrfs-map-logical", "-c", "2", "-l", str(logical), image]))
+    if not maps:
+        ctx.fail("btrfs-map-logical found no copy of block %d" % logical)
+    nodesize = 16384
+    with open(image, "r+b") as f:
+        for phys in sorted(set(int(p) for p in maps)):
+            f.seek(phys)
+            blk = bytearray(f.read(nodesize))
+            hdr = 101
+            objectid, typ, offset, itemoff, size = struct.unpack_from("<QBQII", blk, hdr)
+            assert (objectid, typ, offset) == (0, 240, 0) and size >= 32, (objectid, typ, offset, size)
+            pos = hdr + itemoff + 16
+            flags, = struct.unpack_from("<Q", blk, pos)
+            struct.pack_into("<Q", blk, pos, flags | add)
+            struct.pack_into("<I", blk, 0, _crc32c(bytes(blk[32:])))
+            f.seek(phys)
+            f.write(blk)
+
+
+def test_quota_rescan_in_progress_readonly():
+    """An image whose qgroup rescan was interrupted stays read-only under -o rw: the kernel resumes the rescan
+    at its next mount and would clear INCONSISTENT without counting what changed behind its cursor."""
+    import errno
+    ctx = workload.TestCtx("quota image with a rescan in progress under %s -o rw" % LABEL,
+                           "/usr/bin/python3 -m pytest -q "
+                           "tests/integration/test_quota.py::test_quota_rescan_in_progress_readonly")
+    if workload.SELFTEST:
+        import pytest
+        pytest.skip("the selftest's kernel side resumes the rescan and writes")
+    with workload.workdir("quota-rescan") as d:
+        img = os.path.join(d, "r.img")
+        make_quota_image(ctx, img)
+        set_status_flags(ctx, img, FLAG_RESCAN)
+        flags, _gen, _sgen = status_item(ctx, img)
+        assert flags & FLAG_RESCAN, "the RESCAN flag did not stick: flags %#x" % flags
+        ok, report = workload.btrfs_check(img)
+        assert "Qgroup rescan is running" in report, "the patched leaf is not read as intended:\n" + report
+        before = file_hash(img)
+        with workload.under_test(ctx, mounts, img, FUSE_RW) as f:
+            try:
+                open(os.path.join(os.fspath(f), "new"), "w").close()
+                ctx.fail("creating a file on an image with a rescan in progress succeeded")
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    ctx.fail("creating a file: %s, expected EROFS" % e)
+        if "rescan is in progress" not in f.stderr_text():
+            ctx.fail("btrfs-fuse did not say why the mount is read-only:\n" + f.stderr_text())
         if file_hash(img) != before:
             ctx.fail("the image changed under a mount that had to stay read-only")
