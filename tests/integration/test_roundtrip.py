@@ -16,10 +16,10 @@ devices, show the same tree there and scrub clean.
 Images that cannot take that path are still tested, differently, and the reason is asserted:
 - RAID5/RAID6 images are read-only by design: `-o rw` must mount them read-only, say why,
   refuse writes with EROFS and leave the image untouched;
-- images with a sector size this kernel cannot mount (16K, 64K on 4K pages) run the kernel's
-  side on their 4K-sector twin (same mkfs --rootdir content), and the btrfs-fuse copy is
-  checked with `btrfs check` and by a second btrfs-fuse mount instead of a kernel mount; that
-  the kernel refuses the image is asserted.
+- images with a sector size above the page size (16K, 64K on 4K pages), which this kernel
+  cannot mount, run the kernel's side on their 4K-sector twin (same mkfs --rootdir content),
+  and the btrfs-fuse copy is checked with `btrfs check` and by a second btrfs-fuse mount
+  instead of a kernel mount; that the sector size is above the page size is asserted.
 
 Environment: BTRFS_FUSE_ROUNDTRIP_OPS=N (default 150, soak 2000); the BTRFS_FUSE_SELFTEST,
 BTRFS_FUSE_IGNORE and BTRFS_FUSE_KEEP_FAILED variables of test_write_diff.py.
@@ -164,13 +164,11 @@ def roundtrip_twin(ctx, name, man, seed, d):
     for a, b in zip(src, fimgs):
         subprocess.run(["cp", "--sparse=always", a, b], check=True)
     kimgs = fresh_copies(ctx, man, [twin], os.path.join(d, "kernel"))
-    try:
-        with mounts.kernel_mount(fimgs, "ro"):
-            mountable = True
-    except mounts.MountError:
-        mountable = False
-    assert not mountable, ("the kernel mounts %s (sector size %s) now: give it the full round trip "
-                           "(case_kind)" % (name, man["expected"]["sectorsize"]))
+    # no kernel mount attempt to prove it: its BTRFS error lines would land in the kernel log other tests on
+    # this machine filter by loop device
+    sectorsize, page = man["expected"]["sectorsize"], os.sysconf("SC_PAGE_SIZE")
+    assert sectorsize > page, ("%s has sector size %d, not above the page size %d: the kernel mounts it, give it "
+                               "the full round trip (case_kind)" % (name, sectorsize, page))
     # the twin is made from the source directory after the image: reading the source for the first image
     # moved some atimes, and mkfs gives the root directory the time of the mkfs run, so these times of
     # untouched entries differ between the two by construction
