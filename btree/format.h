@@ -185,7 +185,7 @@ static inline uint64_t bf_sb_offset(int i)
 	 BF_FEATURE_INCOMPAT_COMPRESS_ZSTD | BF_FEATURE_INCOMPAT_BIG_METADATA |                            \
 	 BF_FEATURE_INCOMPAT_EXTENDED_IREF | BF_FEATURE_INCOMPAT_RAID56 |                                  \
 	 BF_FEATURE_INCOMPAT_SKINNY_METADATA | BF_FEATURE_INCOMPAT_NO_HOLES |                              \
-	 BF_FEATURE_INCOMPAT_METADATA_UUID | BF_FEATURE_INCOMPAT_RAID1C34)
+	 BF_FEATURE_INCOMPAT_METADATA_UUID | BF_FEATURE_INCOMPAT_RAID1C34 | BF_FEATURE_INCOMPAT_SIMPLE_QUOTA)
 /* compat_ro features btrfs-fuse can read; an unknown one allows a read-only mount only. */
 #define BF_FEATURE_COMPAT_RO_SUPPORTED                                                                      \
 	(BF_FEATURE_COMPAT_RO_FREE_SPACE_TREE | BF_FEATURE_COMPAT_RO_FREE_SPACE_TREE_VALID |               \
@@ -553,6 +553,10 @@ struct bf_qgroup_status_item {
 	bf_le64 flags;
 	bf_le64 rescan;
 } __attribute__((packed));
+#define BF_QGROUP_STATUS_VERSION 1
+#define BF_QGROUP_STATUS_FLAG_ON (1ULL << 0)
+#define BF_QGROUP_STATUS_FLAG_RESCAN (1ULL << 1)
+#define BF_QGROUP_STATUS_FLAG_INCONSISTENT (1ULL << 2)
 
 /* Compile-time checks of sizes that the format fixes. */
 _Static_assert(sizeof(struct bf_disk_key) == 17, "disk_key");

@@ -211,6 +211,8 @@ static int write_out(struct bf_journal *j, struct bf_trans *t, const char **step
 	if (!r && nothing_changed(j, t) && !j->log)
 		return 1;
 	if (!r)
+		r = bf_qgroup_commit(j, t);
+	if (!r)
 		r = bf_commit_settle(j, t);
 	if (!r) {
 		*step = "writing tree blocks";

@@ -85,6 +85,8 @@ void bf_journal_free_trees(struct bf_journal *j);
 void bf_journal_init_ops(struct bf_journal *j);
 /* The entry of tree objectid, loaded from its root item in the live root tree on first use. */
 int bf_jtree_get(struct bf_journal *j, uint64_t objectid, struct jtree **out);
+/* Track a global tree that has a root item but no root in fi (the quota tree); -ENOENT if it has no root item. */
+int bf_jtree_add_tree(struct bf_journal *j, uint64_t objectid, struct jtree **out);
 /* Drop the running transaction and return every tree and fi->super to the last commit; the filesystem turns
    read-only with why. */
 void bf_journal_do_abort(struct bf_journal *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -95,6 +97,16 @@ void bf_journal_start_thread(struct bf_journal *j);
 void bf_journal_stop_thread(struct bf_journal *j);
 /* Write the root item of t's changed trees until nothing moves (step 3 of the commit). */
 int bf_commit_settle(struct bf_journal *j, struct bf_trans *t);
+
+/* ---- journal/qgroup.c ---- */
+/* Why an image with quotas must stay read-only (simple quotas, a rescan in progress, an unusable status item), or
+   NULL (also without quotas). buf holds the message when one needs formatting. */
+const char *bf_qgroup_why_readonly(struct bf_fsinfo *fi, char *buf, size_t len);
+/* At open: track the quota tree, if there is one. */
+int bf_qgroup_open(struct bf_journal *j);
+/* In every commit that writes (before the root items settle): mark the qgroup counts inconsistent and set the
+   status item's generation to t's transid, as the kernel's btrfs_run_qgroups. Nothing without a quota tree. */
+int bf_qgroup_commit(struct bf_journal *j, struct bf_trans *t);
 
 /* ---- journal/superwrite.c ---- */
 /* At open: the super_roots slot the first commit fills (after the newest one, as the kernel's init_tree_roots). */

@@ -145,6 +145,11 @@ int bf_jtree_get(struct bf_journal *j, uint64_t objectid, struct jtree **out)
 	return jtree_new(j, objectid, NULL, true, out);
 }
 
+int bf_jtree_add_tree(struct bf_journal *j, uint64_t objectid, struct jtree **out)
+{
+	return jtree_new(j, objectid, NULL, true, out);
+}
+
 /* The global trees the allocator and the commit change, and subvolume 5 (for the backup roots). */
 int bf_jtree_register_globals(struct bf_journal *j)
 {

@@ -5,9 +5,9 @@
  * why), setting up the extent allocator and the tree table, and the final commit at close.
  *
  * Key idea: an image is written only when btrfs-fuse can keep every structure on it exactly as the kernel
- * would; anything it cannot keep (a log tree waiting for replay, RAID5/6 stripes, qgroup counts, features it
+ * would; anything it cannot keep (a log tree waiting for replay, RAID5/6 stripes, simple quotas, features it
  * does not know) makes the mount read-only instead, so a write never leaves an image the kernel or btrfs check
- * would complain about.
+ * would complain about. Qgroup counts it keeps as the kernel does when it cannot count (journal/qgroup.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -60,10 +60,7 @@ static const char *why_readonly(struct bf_fsinfo *fi, char *buf, size_t len)
 			return buf;
 		}
 	}
-	if (bf_find_root(fi, BF_QUOTA_TREE_OBJECTID, &(struct bf_root){ 0, 0, 0, 0 }, NULL) == 0)
-		return "quotas (qgroups) are enabled, and btrfs-fuse cannot keep their counts yet; disable them with "
-		       "'btrfs quota disable' on a kernel mount to write with btrfs-fuse";
-	return NULL;
+	return bf_qgroup_why_readonly(fi, buf, len);
 }
 
 /* New blocks carry the chunk tree's uuid in their header (the btree layer stamps env->chunk_tree_uuid). */
@@ -97,6 +94,10 @@ static int setup(struct bf_journal *j, char *err, size_t errlen)
 	if (r)
 		return bf_err(err, errlen, r, "cannot read the root items of the filesystem's trees: %s; run 'btrfs "
 			      "check --readonly' on the image", strerror(-r));
+	r = bf_qgroup_open(j);
+	if (r)
+		return bf_err(err, errlen, r, "cannot read the root item of the quota tree: %s; run 'btrfs check "
+			      "--readonly' on the image", strerror(-r));
 	r = bf_extalloc_open(&fi->env, &fi->vol, &fi->super, &roots, &j->ea, err, errlen);
 	if (r)
 		return r;

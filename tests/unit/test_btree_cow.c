@@ -18,9 +18,13 @@
  * passes bf_block_check with its parent's expectations, keys ascend across leaves, parent keys equal child
  * first keys, levels step down by one, pointer generation == child generation <= parent generation, header
  * fields are as stamped, every block is reached once, none the allocator has freed, and every block it has
- * handed out is reached; then bf_iterate must equal the model. A test allocator (a bitmap over one chunk where
- * logical == physical, in a sparse file registered as a one-device volume) hands out the lowest free block,
- * so freed addresses are reused at once. At the end of each transaction the dirty blocks are finalized and
+ * handed out is reached; the test allocator's reference table (its stand-in for the extent tree: the owner
+ * and level tree_block_added recorded, dropped by free_tree_block, restored by an abort for pinned blocks)
+ * must give every reachable block exactly one reference naming the block's owner and level, and name no block
+ * that is not reachable; then bf_iterate must equal the model. The test allocator (a bitmap over one chunk
+ * where logical == physical, in a sparse file registered as a one-device volume; not the real extent
+ * allocator, whose extent items tests/unit/test_extalloc.c and the write tests check with btrfs check) hands
+ * out the lowest free block, so freed addresses are reused at once. At the end of each transaction the dirty blocks are finalized and
  * written, the cache is dropped, and the whole tree is read back from the file through the normal read path.
  * Random parts print their seed; pass a seed as argv[1] to replay. BTREE_COW_OPS sets the number of random
  * operations per node size (default 100000, 50000 under AddressSanitizer). Ends with "N passed, N failed".
@@ -232,6 +236,11 @@ struct talloc {
 	uint8_t *state;   /* BLK_*: CUR = handed out in this transaction, OLD = in an earlier one, PINNED = freed
 			     in this transaction but still part of the committed tree */
 	uint8_t *level;   /* level each handed-out block was asked for */
+	/* The reference table, the fake's extent tree: what tree_block_added recorded for each block (the kernel's
+	   METADATA_ITEM with its TREE_BLOCK_REF), dropped by free_tree_block. ref_owner 0: no reference. dropped_*
+	   hold a committed block's reference while it is pinned, for an abort to restore. */
+	uint64_t *ref_owner, *dropped_owner;
+	uint8_t *ref_level, *dropped_level;
 	long fail_after;  /* >= 0: fail the allocation after this many more */
 	uint64_t force_next; /* nonzero: hand out this address next, whatever its state (a broken allocator) */
 	uint64_t allocs, frees, added, cowed, errors;
@@ -292,6 +301,13 @@ static void ta_free(void *ctx, uint64_t bytenr, uint64_t owner, int level)
 	}
 	if (a->level[i] != level)
 		talloc_error(a, "free with a level other than the block was allocated for", bytenr);
+	if (a->ref_owner[i] != owner || a->ref_level[i] != level)
+		talloc_error(a, "free of a block whose reference names another owner or level, or none", bytenr);
+	if (a->state[i] == BLK_OLD) {
+		a->dropped_owner[i] = a->ref_owner[i];
+		a->dropped_level[i] = a->ref_level[i];
+	}
+	a->ref_owner[i] = 0;
 	if (a->state[i] == BLK_CUR) {
 		a->state[i] = BLK_FREE; /* never committed: reusable at once */
 		if (i < a->lowest_free)
@@ -309,8 +325,14 @@ static int ta_added(void *ctx, uint64_t bytenr, uint64_t owner, int level, const
 	uint64_t i = talloc_index(a, bytenr);
 
 	a->added++;
-	if (i == NONE || a->state[i] != BLK_CUR || a->level[i] != level || owner != TREE_ID || !first_key)
+	if (i == NONE || a->state[i] != BLK_CUR || a->level[i] != level || owner != TREE_ID || !first_key) {
 		talloc_error(a, "tree_block_added for a block not just allocated", bytenr);
+		return 0;
+	}
+	if (a->ref_owner[i])
+		talloc_error(a, "a second reference for one block", bytenr);
+	a->ref_owner[i] = owner;
+	a->ref_level[i] = (uint8_t)level;
 	return 0;
 }
 
@@ -338,6 +360,10 @@ static void talloc_init(struct talloc *a, uint32_t nodesize)
 	a->state = calloc(a->nblocks, 1);
 	a->level = malloc(a->nblocks);
 	memset(a->level, 0xff, a->nblocks); /* never handed out */
+	a->ref_owner = calloc(a->nblocks, sizeof(*a->ref_owner));
+	a->dropped_owner = calloc(a->nblocks, sizeof(*a->dropped_owner));
+	a->ref_level = calloc(a->nblocks, 1);
+	a->dropped_level = calloc(a->nblocks, 1);
 	a->fail_after = -1;
 }
 
@@ -349,6 +375,7 @@ static void talloc_commit(struct talloc *a)
 			a->state[i] = BLK_OLD;
 		else if (a->state[i] == BLK_PINNED)
 			a->state[i] = BLK_FREE;
+		a->dropped_owner[i] = 0;
 	}
 	a->lowest_free = 0;
 }
@@ -357,10 +384,15 @@ static void talloc_commit(struct talloc *a)
 static void talloc_abort(struct talloc *a)
 {
 	for (uint64_t i = 0; i < a->nblocks; i++) {
-		if (a->state[i] == BLK_CUR)
+		if (a->state[i] == BLK_CUR) {
 			a->state[i] = BLK_FREE;
-		else if (a->state[i] == BLK_PINNED)
+			a->ref_owner[i] = 0;
+		} else if (a->state[i] == BLK_PINNED) {
 			a->state[i] = BLK_OLD;
+			a->ref_owner[i] = a->dropped_owner[i];
+			a->ref_level[i] = a->dropped_level[i];
+		}
+		a->dropped_owner[i] = 0;
 	}
 	a->lowest_free = 0;
 }
@@ -480,6 +512,7 @@ static void ctx_close(struct ctx *c)
 	unlink(c->path);
 	model_free(&c->m);
 	free(c->al.state), free(c->al.level), free(c->seen);
+	free(c->al.ref_owner), free(c->al.dropped_owner), free(c->al.ref_level), free(c->al.dropped_level);
 }
 
 static void trans_begin(struct ctx *c)
@@ -543,6 +576,10 @@ static void walk_block(struct walk *w, uint64_t bytenr, int level, uint64_t gen,
 		       "block %" PRIu64 ": empty non-root leaf or empty node", bytenr);
 		VERIFY(c->al.level[i] == b->level, "block %" PRIu64 ": level %u, allocated for level %u", bytenr,
 		       b->level, c->al.level[i]);
+		VERIFY(c->al.ref_owner[i] == b->owner && c->al.ref_level[i] == b->level,
+		       "block %" PRIu64 " (owner %" PRIu64 ", level %u) is reachable, but its reference names owner "
+		       "%" PRIu64 " level %u (owner 0: no reference)", bytenr, b->owner, b->level, c->al.ref_owner[i],
+		       c->al.ref_level[i]);
 	}
 	if (b->level == 0) {
 		w->leaves++;
@@ -633,7 +670,7 @@ static void check_tree(struct ctx *c, const char *when)
 	struct walk w = { c, false, { 0, 0, 0 }, 0, 0, 0, malloc(c->nodesize) };
 	struct bf_key lo = { 0, 0, 0 }, hi = { UINT64_MAX, 255, UINT64_MAX };
 	struct cmp x = { c, 0 };
-	uint64_t unreached = 0, first = NONE;
+	uint64_t unreached = 0, first = NONE, stray = 0, first_stray = NONE;
 	int ret;
 
 	if (c->broken)
@@ -645,11 +682,17 @@ static void check_tree(struct ctx *c, const char *when)
 			unreached++;
 			first = first == NONE ? i : first;
 		}
+		if (c->al.ref_owner[i] && !c->seen[i]) {
+			stray++;
+			first_stray = first_stray == NONE ? i : first_stray;
+		}
 	}
 	if (c->in_trans)
 		check_dirty(c, when);
 	VERIFY(unreached == 0, "%s: %" PRIu64 " allocated blocks are not in the tree (first %" PRIu64 ")", when,
 	       unreached, first == NONE ? (uint64_t)0 : (uint64_t)(BASE + first * c->nodesize));
+	VERIFY(stray == 0, "%s: %" PRIu64 " references name blocks that are not in the tree (first %" PRIu64 ")",
+	       when, stray, first_stray == NONE ? (uint64_t)0 : (uint64_t)(BASE + first_stray * c->nodesize));
 	VERIFY(c->al.errors == 0, "%s: allocator saw %" PRIu64 " bad calls, last: %s", when, c->al.errors,
 	       c->al.last_error);
 	ret = bf_iterate(&c->env, &c->root, &lo, &hi, cmp_item, &x);
