@@ -310,6 +310,7 @@ def kernel_mount(image_or_images, options="ro", mountpoint=None, lock=True):
     try:
         for img in images:
             mnt.loops.append(losetup_attach(img, readonly=readonly))
+            _note_loop(mnt.loops[-1], True)
         allopts = list(opts)
         if len(mnt.loops) > 1:
             allopts += ["device=%s" % d for d in mnt.loops]
@@ -331,6 +332,7 @@ def kernel_mount(image_or_images, options="ro", mountpoint=None, lock=True):
         for dev in mnt.loops:
             _forget(dev)
             losetup_detach(dev)
+            _note_loop(dev, False)
         lock.__exit__(None, None, None)
         if own_mp:
             try:
@@ -543,14 +545,53 @@ def _read_kmsg():
 OTHERS_MESSAGES = [r"excessive commit interval"]
 
 
-def _concerns(msg, devices):
-    """Whether a kernel line may concern one of `devices` (loop device paths): the kernel log
-    is shared with every other test running on this machine, so a line naming another
-    device is theirs, and so are the known device-less option warnings."""
+# Our uses of loop devices: basename -> [(attach marker, detach marker or None)], written into the kernel log
+# around each kernel mount, so that a line naming loopN counts as ours only while we held loopN.
+_LOOP_SPANS = {}
+
+
+def _note_loop(dev, attached):
+    spans = _LOOP_SPANS.setdefault(os.path.basename(dev), [])
+    marker = dmesg_marker("loop-%s-%s" % ("attach" if attached else "detach", os.path.basename(dev)))
+    if attached:
+        spans.append([marker, None])
+    elif spans and spans[-1][1] is None:
+        spans[-1][1] = marker
+
+
+def _held(recs, devices):
+    """basename -> list of (first, end) record indexes during which we held that loop device; None where
+    our markers are not in the log (then every line naming the device counts)."""
+    where = {}
+    for i, msg in enumerate(recs):
+        if "loop-attach-" in msg or "loop-detach-" in msg:
+            where[msg.strip()] = i
+    out = {}
+    for d in devices:
+        base = os.path.basename(d)
+        spans = []
+        for a, b in _LOOP_SPANS.get(base, []):
+            if a not in where:
+                spans = None
+                break
+            spans.append((where[a], where.get(b, len(recs))))
+        out[base] = spans or None
+    return out
+
+
+def _concerns(i, msg, held):
+    """Whether kernel line i may concern one of our devices: the kernel log is shared with every other test
+    running on this machine, so a line naming another device is theirs, and so is a line naming one of our
+    loop devices from a time we did not hold it; so are the known device-less option warnings."""
     if any(re.search(b, msg) for b in OTHERS_MESSAGES):
         return False
     dev = re.search(r"\(device ([^)]+)\)", msg)
-    return not dev or os.path.basename(dev.group(1)) in {os.path.basename(d) for d in devices}
+    if not dev:
+        return True
+    base = os.path.basename(dev.group(1))
+    if base not in held:
+        return False
+    return held[base] is None or any(a < i < b for a, b in held[base])
 
 
 def dmesg_btrfs_errors(since_marker, benign=BENIGN_KERNEL_MESSAGES,
@@ -573,10 +614,12 @@ def dmesg_btrfs_errors(since_marker, benign=BENIGN_KERNEL_MESSAGES,
                 break
     lvl = "|".join(levels)
     pat = re.compile(r"BTRFS[: ]\s*(%s)\b" % lvl, re.I)
+    held = _held(recs, devices) if devices is not None else None
     out = []
-    for msg in recs[start:]:
+    for i in range(start, len(recs)):
+        msg = recs[i]
         if pat.search(msg) and not any(re.search(b, msg) for b in benign or ()):
-            if devices is None or _concerns(msg, devices):
+            if held is None or _concerns(i, msg, held):
                 out.append(msg)
     if out and not found:
         out.insert(0, "(marker %r not found in kernel log; showing all)" % since_marker)
