@@ -1,0 +1,189 @@
+"""Power cuts: no state a disk can be left in after losing power loses committed or fsynced data.
+
+Owns: the power-cut replay tests (test_powercut), the check that the I/O record holds every device
+write (test_record_is_complete), and the check that the promise checker itself catches a lost fsync
+(test_checker_catches_lost_fsync).
+
+Key idea: a seeded workload (tests/lib/crashcheck.TrackedWorkload: creates, writes, overwrites,
+truncates, renames, links, xattrs, fsyncs, forced commits) runs on `btrfs-fuse -o rw,iorecord=REC`.
+The record holds every device write with its bytes and every flush; tests/lib/iorec.py rebuilds from the
+image as it was at mount time the device state at every flush and at random cut points between flushes,
+where each unflushed write is lost, kept, or torn at 4 KiB sectors (a disk's volatile cache at a power
+cut; iorec.py's docstring has the model).  Every state must pass `btrfs check --readonly
+--check-data-csum`, and btrfs-fuse's view of it (tests/lib/crashcheck.recovered_manifest) must keep the
+promise (crashcheck.History.check): the last committed transaction, plus every file fsynced before the
+cut with its content, size and name.  A few states are also mounted by the kernel, which must show the
+same tree.
+
+Environment:
+  BTRFS_FUSE_SOAK=1              more seeds, operations and cut points
+  BTRFS_FUSE_POWERCUT_SEEDS=a,b  exactly these seeds
+  BTRFS_FUSE_POWERCUT_OPS=N      operations per seed (default 300, soak 1500)
+  BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 50, soak 400)
+"""
+
+import os
+import random
+import subprocess
+
+import pytest
+
+import crashcheck
+import iorec
+import mounts
+import workload
+from workload import MiB
+
+SOAK = os.environ.get("BTRFS_FUSE_SOAK", "0") not in ("", "0")
+SEEDS = ([int(s) for s in os.environ["BTRFS_FUSE_POWERCUT_SEEDS"].split(",") if s.strip()]
+         if os.environ.get("BTRFS_FUSE_POWERCUT_SEEDS") else
+         list(range(3000, 3000 + (12 if SOAK else 3))))
+NOPS = int(os.environ.get("BTRFS_FUSE_POWERCUT_OPS", "1500" if SOAK else "300"))
+NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "50"))
+KERNEL_STATES = 8 if SOAK else 2
+IMAGE_SIZE = 256 * MiB
+VARIANTS = [[], ["-n", "4096", "-m", "single"], ["--csum", "xxhash", "-O", "^no-holes"]]
+FUSE_RW = "rw,nodev,nosuid,commit=86400"
+REPLAY = os.path.join(workload.REPO, "tests", "tools", "iorec-replay")
+MAX_REPORTED = 6
+
+pytestmark = pytest.mark.skipif(workload.SELFTEST, reason="the I/O record is btrfs-fuse's")
+
+
+def _run_recorded(ctx, seed, d, nops):
+    """mkfs, keep the mount-time image, run the workload with the recorder; returns
+    (image, base image, record path, workload)."""
+    img, base, rec = (os.path.join(d, n) for n in ("fs.img", "base.img", "io.rec"))
+    workload.mkfs_image(img, IMAGE_SIZE, VARIANTS[seed % len(VARIANTS)])
+    iorec.copy_sparse(img, base)
+    wl = crashcheck.TrackedWorkload(seed, crashcheck.record_clock(rec))
+    ctx.workload = wl
+    with workload.under_test(ctx, mounts, img, FUSE_RW + ",iorecord=" + rec) as m:
+        with workload.Watchdog(m, 600) as dog:
+            wl.begin(m)
+            wl.run_ops(m, nops)
+            ev = wl.unmount_event()
+        if dog.fired:
+            ctx.fail("the workload hung (connection aborted after 600s)")
+    ev.end = wl.clock()
+    return img, base, rec, wl
+
+
+def _ctx(seed, what):
+    return workload.TestCtx(
+        "%s: seed=%d, %d operations, mkfs.btrfs %s (%d MiB)" % (
+            what, seed, NOPS, " ".join(VARIANTS[seed % len(VARIANTS)]) or "(defaults)",
+            IMAGE_SIZE // MiB),
+        "BTRFS_FUSE_POWERCUT_SEEDS=%d BTRFS_FUSE_POWERCUT_OPS=%d BTRFS_FUSE_POWERCUT_CUTS=%d "
+        "/usr/bin/python3 -m pytest -q tests/integration/test_powercut.py" % (seed, NOPS, NCUTS))
+
+
+def _repro(d, cut):
+    return ("%s build %s --image 1=%s:state.img --at %d --mode %s --seed %d   "
+            "(then: btrfs check --readonly state.img)" % (
+                REPLAY, os.path.join(d, "io.rec"), os.path.join(d, "base.img"), cut.at,
+                "all" if cut.mode == "flush" else cut.mode, cut.seed))
+
+
+def _ops_before(wl, hist, nbytes):
+    """The last operations before the cut (by the events' clock)."""
+    seq = max([e.seq for e in hist.events if e.start < nbytes] or [0])
+    return wl.tail(12, upto=seq)
+
+
+def _check_state(ctx, d, wl, hist, record, cut, work, kernel):
+    """Problems of one state (empty list: fine)."""
+    nbytes = cut.nbytes(record)
+    ok, report = workload.btrfs_check(work)
+    if not ok:
+        return ["btrfs check rejects the state:\n" + report]
+    try:
+        man = crashcheck.recovered_manifest(work, d)
+    except (mounts.MountError, mounts.FuseDaemonError) as e:
+        return ["btrfs-fuse cannot mount the state: %s" % e]
+    probs = hist.check(man, nbytes)
+    if kernel and not probs:
+        kman = crashcheck.kernel_manifest(ctx, work, d, "at %s" % cut)
+        probs += ["kernel vs btrfs-fuse: " + m for m in crashcheck.same_tree(kman, man)[:20]]
+    return probs
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=["seed-%d" % s for s in SEEDS])
+def test_powercut(seed):
+    ctx = _ctx(seed, "power-cut replay")
+    rng = random.Random(seed * 7919)
+    with workload.workdir("powercut-%d" % seed) as d:
+        img, base, rec, wl = _run_recorded(ctx, seed, d, NOPS)
+        record = iorec.Record(rec)
+        hist = crashcheck.History(wl.events)
+        cuts = (iorec.flush_cuts(record) + iorec.superblock_cuts(record, rng)
+                + iorec.random_cuts(record, NCUTS, rng))
+        cuts.sort(key=lambda c: c.at)
+        kernel_at = set(rng.sample(range(len(cuts)), min(KERNEL_STATES, len(cuts))))
+        ctx.notes.append("record: %s; %d states (%d at flushes, %d random)" % (
+            record.summary(), len(cuts), len(iorec.flush_cuts(record)), NCUTS))
+        failures = []
+        work = os.path.join(d, "state.img")
+        with iorec.Replayer(record, {1: (base, work)}) as rp:
+            for n, cut in enumerate(cuts):
+                undo, desc = rp.apply(cut)
+                probs = _check_state(ctx, d, wl, hist, record, cut, work, n in kernel_at)
+                if probs:
+                    failures.append((cut, desc, probs))
+                rp.undo(undo)
+        if failures:
+            lines = ["%d of %d states break the promise" % (len(failures), len(cuts))]
+            for cut, desc, probs in failures[:MAX_REPORTED]:
+                nb = cut.nbytes(record)
+                lines += ["", "== %s: %s" % (cut.describe(record), desc),
+                          "   " + hist.describe(nb),
+                          "   rebuild it: " + _repro(d, cut)]
+                lines += ["   " + p for p in probs[:15]]
+                lines += ["   last operations before the cut:"] + [
+                    "     " + o for o in _ops_before(wl, hist, nb)]
+            ctx.fail("\n".join(lines), ops=False)
+
+
+def test_record_is_complete():
+    """Replaying the whole record onto the mount-time image gives the image byte for byte, and the
+    command-line tool builds the same state as the library."""
+    seed = SEEDS[0]
+    ctx = _ctx(seed, "I/O record completeness")
+    with workload.workdir("iorecord-%d" % seed) as d:
+        img, base, rec, wl = _run_recorded(ctx, seed, d, 120)
+        record = iorec.Record(rec)
+        if not record.flushes():
+            ctx.fail("the record has no flush: %s" % record.summary())
+        out = os.path.join(d, "replayed.img")
+        p = subprocess.run([REPLAY, "build", rec, "--image", "1=%s:%s" % (base, out), "--end"],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            ctx.fail("iorec-replay failed (exit %d): %s%s" % (p.returncode, p.stdout, p.stderr))
+        c = subprocess.run(["cmp", img, out], capture_output=True, text=True)
+        if c.returncode != 0:
+            ctx.fail("replaying the whole record (%s) does not give the image: %s" % (
+                record.summary(), c.stdout + c.stderr))
+
+
+def test_checker_catches_lost_fsync():
+    """The promise checker is not blind: the tree from before an fsync, presented as the state after
+    it returned, is reported (when the fsync changed the fsynced file since the last commit)."""
+    seed = SEEDS[0]
+    ctx = _ctx(seed, "promise checker self-test")
+    with workload.workdir("checker-%d" % seed) as d:
+        _img, _base, _rec, wl = _run_recorded(ctx, seed, d, NOPS)
+        hist = crashcheck.History(wl.events)
+        tried = 0
+        for i, e in enumerate(wl.events):
+            if e.kind != "fsync" or e.end is None or i == 0:
+                continue
+            before = wl.events[i - 1].manifest["entries"].get(e.path)
+            now = e.manifest["entries"].get(e.path)
+            if crashcheck._what(before) == crashcheck._what(now) or e.path == ".":
+                continue
+            tried += 1
+            if not hist.check(wl.events[i - 1].manifest, e.end):
+                ctx.fail("the checker accepts the tree of %s as the state after %s returned"
+                         % (wl.events[i - 1], e))
+        if not tried:
+            ctx.fail("the workload made no fsync that changed its file: nothing to check the checker with")

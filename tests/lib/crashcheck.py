@@ -1,0 +1,356 @@
+"""What a crash may and may not do to a btrfs-fuse filesystem: the shared part of the crash tests.
+
+Owns: TrackedWorkload (the seeded workload of tests/lib/workload.py, plus a forced commit, with every
+durability point recorded), History.check (the promise, checked against a recovered tree), and the
+helpers that read a crashed image: recovered_manifest (btrfs-fuse, replaying a log tree if there is
+one), kernel_manifest, has_log_tree.
+
+The promise.  After a crash the filesystem is its last committed transaction, plus what fsync made
+durable since.  The tests check that promise, not how it is kept: today fsync commits the whole
+transaction; once fsync writes a log tree, the same checks must still pass.  So the workload records
+*durability events*: the mount itself (the image at mount time), each forced commit (BTRFS_IOC_SYNC on
+the mount root: `btrfs filesystem sync`), each fsync and fdatasync, and the unmount.  For each it keeps
+the tree as it was when the event began (a treecmp manifest of the live mount: fsync changes nothing,
+so this is the state it makes durable) and two positions on a clock: when it began and when it
+returned.  The clock is the size of the I/O record (-o iorecord): the crash point is a position on the
+same clock (the record size at kill -9, or the replayed prefix of a power cut).
+
+At a crash point `cut`, B is the last commit event (mount, sync, unmount) that returned before `cut`;
+the candidates are B and every later event that began before `cut` or returned by then (any of them
+may have reached the disk, in whole or, for a log, in part; one that wrote nothing begins and ends at
+the same position).  Then for every path of the recovered tree and of the
+candidates' trees:
+  * what the path is -- type, size, content (SHA-256), symlink target, device number; for directories
+    only the type -- must be what it was at one candidate event at or after its floor: B, or the last
+    fsync/fdatasync of this path (or of a path below it: its directories) that returned before the cut.
+    So a committed or fsynced file is present with its content, size and name, and nothing appears that
+    the workload never had at a durability point;
+  * each of mode, uid, gid and the xattrs must be a value the path had at one candidate event at or after
+    B, or after its last fsync (fdatasync promises the data only);
+  * if B is the only candidate, the whole tree must be exactly B's (every field but atime and st_blocks):
+    the last committed transaction, nothing more, nothing less.
+Periodic commits are turned off (-o commit=86400) and the workload keeps its data small, so nothing else
+commits; a commit outside an event would show up as an unexpected state and fail.
+"""
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import time
+
+import mounts
+import treecmp
+import workload
+from workload import KiB, MiB, _O_RD, _q
+
+BTRFS_IOC_SYNC = 0x9408                  # _IO(0x94, 8)
+COMMIT_EVENTS = ("mount", "sync", "unmount")
+META_FIELDS = ("mode", "uid", "gid", "xattrs")
+WHOLE_IGNORE = ["atime", "blocks"]
+
+
+class DaemonGone(Exception):
+    """The daemon died (testkill or kill -9): the round of operations ends."""
+
+
+class Event:
+    __slots__ = ("kind", "path", "start", "end", "manifest", "seq", "desc")
+
+    def __init__(self, kind, path, start, manifest, seq, desc):
+        self.kind, self.path, self.start, self.manifest = kind, path, start, manifest
+        self.end = None                   # None: never returned (the crash came first)
+        self.seq, self.desc = seq, desc
+
+    def __repr__(self):
+        return "%s (op %d, clock %s..%s)" % (self.desc, self.seq, self.start,
+                                              "never" if self.end is None else self.end)
+
+
+# ------------------------------------------------------------------ the workload
+
+class TrackedWorkload(workload.Workload):
+    """workload.Workload with durability events.  clock(): the current crash-clock position.
+    alive(): False once the daemon is gone (the round stops).  Small data, few big directories:
+    each event walks the whole tree."""
+
+    def __init__(self, seed, clock, alive=lambda: True, data_budget=6 * MiB,
+                 logical_budget=48 * MiB):
+        super().__init__(seed, history=25, data_budget=data_budget, logical_budget=logical_budget,
+                         bigdir=(20, 60))
+        self.clock, self.alive = clock, alive
+        self.events = []
+        self.root = None
+        self.ops = [(f, w) for f, w in self.ops if f.__name__ != "op_fsync"]
+        self.ops += [(self.op_fsync, 6), (self.op_sync, 3)]
+
+    def snapshot(self):
+        return treecmp.walk(self.root, threads=2)
+
+    def begin(self, root, kind="mount", start=0):
+        """The state at mount: an event that began at `start` and has returned now."""
+        self.root = os.fspath(root)
+        ev = Event(kind, None, start, self.snapshot(), self.seq, kind)
+        ev.end = self.clock()
+        self.events.append(ev)
+        return ev
+
+    def unmount_event(self):
+        """Call before unmounting; set .end once the daemon has exited."""
+        ev = Event("unmount", None, self.clock(), self.snapshot(), self.seq, "unmount")
+        self.events.append(ev)
+        return ev
+
+    def run_ops(self, root, nops, seed=None, after_op=None):
+        """Like Workload.run, but stops when the daemon is gone; after_op(i) runs after the i-th
+        operation (a test kills the daemon there).  Returns the number of operations run."""
+        if seed is not None:
+            self.seed = seed
+            self.rng = workload.random.Random(seed)
+        self.root = os.fspath(root)
+        funcs = [f for f, _w in self.ops]
+        weights = [w for _f, w in self.ops]
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        done = 0
+        try:
+            for i in range(nops):
+                self.rng.choices(funcs, weights)[0]()
+                done += 1
+                if after_op:
+                    after_op(i)
+                if not self.alive():
+                    break
+        finally:
+            os.close(self.fd)
+            self.fd = None
+        return done
+
+    def _event(self, kind, path, desc, fn):
+        """Run a durability operation as an event."""
+        ev = Event(kind, path, self.clock(), self.snapshot(), self.seq + 1, desc)
+        self.events.append(ev)
+        ok, _res = self._do(desc, fn)
+        if ok:
+            ev.end = self.clock()
+
+    def op_sync(self):
+        self._event("sync", None, "BTRFS_IOC_SYNC (commit)",
+                    lambda: fcntl.ioctl(self.fd, BTRFS_IOC_SYNC))
+
+    def op_fsync(self):
+        rng = self.rng
+        e = self.pick_entry(("dir",) if rng.random() < 0.2 else ("reg",))
+        if not e:
+            return
+        rel = self._p(e[0], e[1])
+        kind = e[2].kind
+        data_only = kind == "reg" and rng.random() < 0.3
+
+        def fn():
+            fd = os.open(rel, _O_RD | (os.O_DIRECTORY if kind == "dir" else 0), dir_fd=self.fd)
+            try:
+                (os.fdatasync if data_only else os.fsync)(fd)
+            finally:
+                os.close(fd)
+        name = "fdatasync" if data_only else "fsync"
+        self._event(name, rel, "%s %s" % (name, _q(rel)), fn)
+
+
+# ------------------------------------------------------------------ the promise
+
+def _what(props):
+    if props is None:
+        return None
+    if props.get("type") == "dir":
+        return ("dir",)
+    return tuple(props.get(f) for f in ("type", "size", "sha256", "target", "rdev"))
+
+
+def _fmt_what(w):
+    if w is None:
+        return "absent"
+    if w == ("dir",):
+        return "directory"
+    t, size, sha, target, rdev = w
+    s = "%s size %s" % (t, size)
+    if sha:
+        s += " sha256 %s" % sha[:12]
+    if target is not None:
+        s += " -> %r" % target
+    if rdev:
+        s += " rdev %s" % (rdev,)
+    return s
+
+
+class History:
+    """The events of one mount (a TrackedWorkload's .events) and the promise at a crash point."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def commit_base(self, cut):
+        base = None
+        for i, e in enumerate(self.events):
+            if e.kind in COMMIT_EVENTS and e.end is not None and e.end <= cut:
+                base = i
+        if base is None:
+            raise ValueError("no commit event before clock %d (the mount event is missing)" % cut)
+        return base
+
+    def candidates(self, cut):
+        b = self.commit_base(cut)
+        ev = self.events
+        return b, [i for i in range(b, len(ev))
+                   if i == b or ev[i].start < cut or (ev[i].end is not None and ev[i].end <= cut)]
+
+    def floors(self, cut, base):
+        """{path: (data floor, meta floor)} for paths a returned fsync/fdatasync covers."""
+        out = {}
+        for i, e in enumerate(self.events):
+            if i <= base or e.kind not in ("fsync", "fdatasync") or e.end is None or e.end > cut:
+                continue
+            parts = e.path.split("/")
+            for k in range(1, len(parts) + 1):
+                p = "/".join(parts[:k])
+                d, m = out.get(p, (base, base))
+                d = max(d, i)
+                if k == len(parts) and e.kind == "fsync":
+                    m = max(m, i)
+                out[p] = (d, m)
+        return out
+
+    def check(self, recovered, cut, limit=25):
+        """Problems (strings) of the recovered manifest at crash point cut."""
+        base, cands = self.candidates(cut)
+        ev = self.events
+        rec = recovered["entries"]
+        probs = []
+        if len(cands) == 1:
+            diffs = treecmp.compare_detailed(ev[base].manifest, recovered, ignore=WHOLE_IGNORE,
+                                             labels=("committed", "recovered"))
+            probs += ["not the last committed state (%s): %s" % (ev[base].desc, m)
+                      for _p, _f, m in diffs]
+        floors = self.floors(cut, base)
+        paths = set(rec)
+        for i in cands:
+            paths |= set(ev[i].manifest["entries"])
+        for p in sorted(paths):
+            got = rec.get(p)
+            dfloor, mfloor = floors.get(p, (base, base))
+            allowed = [(i, ev[i].manifest["entries"].get(p)) for i in cands if i >= dfloor]
+            if _what(got) not in [_what(a) for _i, a in allowed]:
+                why = ("fsynced by %s" % ev[dfloor].desc if dfloor != base
+                       else "committed by %s" % ev[base].desc)
+                probs.append("%s: recovered as %s; allowed (%s, or a later event before the crash): %s"
+                             % (treecmp.show_path(p), _fmt_what(_what(got)), why,
+                                "; ".join(sorted({_fmt_what(_what(a)) for _i, a in allowed}))))
+                continue
+            if got is None:
+                continue
+            metas = [ev[i].manifest["entries"].get(p) for i in cands if i >= mfloor]
+            for f in META_FIELDS:
+                vals = [m.get(f) for m in metas if m is not None and _what(m) == _what(got)]
+                if vals and got.get(f) not in vals:
+                    probs.append("%s: %s recovered as %r; the workload had %s at the events since %s"
+                                 % (treecmp.show_path(p), f, got.get(f),
+                                    " or ".join(repr(v) for v in vals[:4]), ev[mfloor].desc))
+            if len(probs) > limit:
+                break
+        return probs
+
+    def describe(self, cut):
+        base, cands = self.candidates(cut)
+        return "last commit before the crash: %s; events that may have reached the disk: %s" % (
+            self.events[base], ", ".join(repr(self.events[i]) for i in cands[1:]) or "none")
+
+
+# ------------------------------------------------------------------ reading a crashed image
+
+SUPER_OFFSET = 64 * KiB
+
+
+def has_log_tree(image):
+    """The primary superblock's log_root is set (a log waits for replay)."""
+    with open(image, "rb") as f:
+        f.seek(SUPER_OFFSET + 0x60)
+        b = f.read(8)
+    return len(b) == 8 and struct.unpack("<Q", b)[0] != 0
+
+
+def fuse_binary():
+    return workload.BINARY
+
+
+@contextlib.contextmanager
+def recovered_mount(image, tmpdir):
+    """btrfs-fuse's view of a crashed image, as after a reboot: read-only; if a log tree waits, it is
+    replayed by a read-write mount of a copy (the image itself stays as it is)."""
+    if has_log_tree(image):
+        copy = os.path.join(tmpdir, "replay.img")
+        shutil.copyfile(image, copy)
+        try:
+            with mounts.fuse_mount(fuse_binary(), copy, options="rw,commit=86400") as m:
+                yield m
+        finally:
+            os.unlink(copy)
+    else:
+        with mounts.fuse_mount(fuse_binary(), image, options="ro") as m:
+            yield m
+
+
+def recovered_manifest(image, tmpdir):
+    with recovered_mount(image, tmpdir) as m:
+        return treecmp.walk(m, threads=2)
+
+
+def kernel_manifest(ctx, image, tmpdir, when):
+    """The kernel's view of a copy of the crashed image (it replays a log even read-only); the kernel
+    must mount it without a BTRFS warning or error."""
+    copy = os.path.join(tmpdir, "kernel.img")
+    workload.run_cmd(["cp", "--sparse=always", image, copy])
+    try:
+        with workload.kernel_clean(ctx, mounts, copy, "ro,nodev,nosuid", when) as k:
+            return treecmp.walk(k, threads=2, seek_holes=True)
+    finally:
+        os.unlink(copy)
+
+
+def same_tree(kman, fman):
+    """kernel vs btrfs-fuse on one image: every field but atime."""
+    return [m for _p, _f, m in treecmp.compare_detailed(kman, fman, ignore=["atime"],
+                                                         labels=("kernel", "btrfs-fuse"))]
+
+
+def kill_daemon(mnt, wait=10):
+    """kill -9 the daemon of a foreground fuse mount and wait for it to be gone."""
+    proc = mnt.proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=wait)
+    except Exception:
+        pass
+    return proc.poll()
+
+
+def daemon_alive(mnt):
+    return mnt.proc is not None and mnt.proc.poll() is None
+
+
+def record_clock(path):
+    def clock():
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+    return clock
+
+
+def wait_gone(mnt, secs=10):
+    t = time.monotonic() + secs
+    while daemon_alive(mnt) and time.monotonic() < t:
+        time.sleep(0.01)
+    return not daemon_alive(mnt)
+
