@@ -34,6 +34,7 @@ commits; a commit outside an event would show up as an unexpected state and fail
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -50,6 +51,7 @@ BTRFS_IOC_SYNC = 0x9408                  # _IO(0x94, 8)
 COMMIT_EVENTS = ("mount", "sync", "unmount")
 META_FIELDS = ("mode", "uid", "gid", "xattrs")
 WHOLE_IGNORE = ["atime", "blocks"]
+GONE_ERRORS = ("ENOTCONN", "ECONNABORTED")   # what the calls of a dead daemon's mount fail with
 
 
 class DaemonGone(Exception):
@@ -87,7 +89,14 @@ class TrackedWorkload(workload.Workload):
         self.ops += [(self.op_fsync, 6), (self.op_sync, 3)]
 
     def snapshot(self):
-        return treecmp.walk(self.root, threads=2)
+        """The live tree; DaemonGone if the daemon died under the walk, an error if it met any other."""
+        man = treecmp.walk(self.root, threads=2)
+        errs = ["%s: %s" % (p, e["error"]) for p, e in man["entries"].items() if "error" in e]
+        if any(g in e for e in errs for g in GONE_ERRORS):
+            raise DaemonGone()
+        if errs:
+            raise RuntimeError("walking the live mount %s failed: %s" % (self.root, "; ".join(errs[:5])))
+        return man
 
     def begin(self, root, kind="mount", start=0):
         """The state at mount: an event that began at `start` and has returned now."""
@@ -116,11 +125,14 @@ class TrackedWorkload(workload.Workload):
         done = 0
         try:
             for i in range(nops):
-                self.rng.choices(funcs, weights)[0]()
+                try:
+                    self.rng.choices(funcs, weights)[0]()
+                except DaemonGone:
+                    break
                 done += 1
                 if after_op:
                     after_op(i)
-                if not self.alive():
+                if not self.alive() or (self.log and self.log[-1][2] in GONE_ERRORS):
                     break
         finally:
             os.close(self.fd)
@@ -129,7 +141,13 @@ class TrackedWorkload(workload.Workload):
 
     def _event(self, kind, path, desc, fn):
         """Run a durability operation as an event."""
-        ev = Event(kind, path, self.clock(), self.snapshot(), self.seq + 1, desc)
+        try:
+            snap = self.snapshot()
+        except OSError as e:
+            if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise DaemonGone() from e
+            raise
+        ev = Event(kind, path, self.clock(), snap, self.seq + 1, desc)
         self.events.append(ev)
         ok, _res = self._do(desc, fn)
         if ok:
