@@ -95,7 +95,7 @@ def _round(ctx, seed, r, img, d, rng, binary):
 def _check(ctx, wl, cut, died, img, d, r):
     hist = crashcheck.History(wl.events)
     where = "after round %d (%s, record bytes %d)" % (r, died, cut)
-    ok, report = workload.btrfs_check(img)
+    ok, report = crashcheck.btrfs_check(img)
     if not ok:
         ctx.fail("btrfs check rejects the image %s:\n%s\n%s" % (where, hist.describe(cut), report))
     kman = crashcheck.kernel_manifest(ctx, img, d, where)

@@ -19,7 +19,8 @@ Environment:
   BTRFS_FUSE_SOAK=1              more seeds, operations and cut points
   BTRFS_FUSE_POWERCUT_SEEDS=a,b  exactly these seeds
   BTRFS_FUSE_POWERCUT_OPS=N      operations per seed (default 300, soak 1500)
-  BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 50, soak 400)
+  BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 30, soak 400)
+  BTRFS_FUSE_POWERCUT_FIXED=N    most flush and superblock cut points per seed (default 50, soak all)
 """
 
 import os
@@ -37,12 +38,17 @@ from workload import MiB
 SOAK = os.environ.get("BTRFS_FUSE_SOAK", "0") not in ("", "0")
 SEEDS = ([int(s) for s in os.environ["BTRFS_FUSE_POWERCUT_SEEDS"].split(",") if s.strip()]
          if os.environ.get("BTRFS_FUSE_POWERCUT_SEEDS") else
-         list(range(3000, 3000 + (12 if SOAK else 3))))
+         list(range(3000, 3000 + (12 if SOAK else 4))))
 NOPS = int(os.environ.get("BTRFS_FUSE_POWERCUT_OPS", "1500" if SOAK else "300"))
-NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "50"))
+NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "30"))
+# states at flushes and right after superblock writes: all of them, or this many chosen at random
+MAX_FIXED = int(os.environ.get("BTRFS_FUSE_POWERCUT_FIXED", "100000" if SOAK else "50"))
 KERNEL_STATES = 8 if SOAK else 2
 IMAGE_SIZE = 256 * MiB
-VARIANTS = [[], ["-n", "4096", "-m", "single"], ["--csum", "xxhash", "-O", "^no-holes"]]
+# (mkfs options, devices) by seed % len: the last one is a two-device RAID1, where each device has its own
+# flushes and superblocks
+VARIANTS = [([], 1), (["-n", "4096", "-m", "single"], 1), (["--csum", "xxhash", "-O", "^no-holes"], 1),
+            (["-m", "raid1", "-d", "raid1"], 2)]
 FUSE_RW = "rw,nodev,nosuid,commit=86400"
 REPLAY = os.path.join(workload.REPO, "tests", "tools", "iorec-replay")
 MAX_REPORTED = 6
@@ -55,9 +61,18 @@ pytestmark = pytest.mark.skipif(workload.SELFTEST, reason="the I/O record is btr
 def _run_recorded(ctx, seed, d, nops, binary=None):
     """mkfs, keep the mount-time image, run the workload with the recorder (binary: btrfs-fuse by
     default); returns (image, base image, record path, workload)."""
-    img, base, rec = (os.path.join(d, n) for n in ("fs.img", "base.img", "io.rec"))
-    workload.mkfs_image(img, IMAGE_SIZE, VARIANTS[seed % len(VARIANTS)])
-    iorec.copy_sparse(img, base)
+    opts, ndev = VARIANTS[seed % len(VARIANTS)]
+    img = [os.path.join(d, "fs%d.img" % i) for i in range(ndev)]
+    base = [os.path.join(d, "base%d.img" % i) for i in range(ndev)]
+    rec = os.path.join(d, "io.rec")
+    for path in img:
+        with open(path, "wb") as f:
+            f.truncate(IMAGE_SIZE)
+    rc, out = workload.run_cmd(["mkfs.btrfs", "-q", "-f"] + opts + img)
+    if rc != 0:
+        ctx.fail("mkfs.btrfs %s failed (exit %d): %s" % (" ".join(opts + img), rc, out))
+    for a, b in zip(img, base):
+        iorec.copy_sparse(a, b)
     wl = crashcheck.TrackedWorkload(seed, crashcheck.record_clock(rec))
     ctx.workload = wl
     try:
@@ -76,19 +91,22 @@ def _run_recorded(ctx, seed, d, nops, binary=None):
 
 
 def _ctx(seed, what):
+    opts, ndev = VARIANTS[seed % len(VARIANTS)]
     return workload.TestCtx(
-        "%s: seed=%d, %d operations, mkfs.btrfs %s (%d MiB)" % (
-            what, seed, NOPS, " ".join(VARIANTS[seed % len(VARIANTS)]) or "(defaults)",
-            IMAGE_SIZE // MiB),
+        "%s: seed=%d, %d operations, mkfs.btrfs %s (%d x %d MiB)" % (
+            what, seed, NOPS, " ".join(opts) or "(defaults)", ndev, IMAGE_SIZE // MiB),
         "BTRFS_FUSE_POWERCUT_SEEDS=%d BTRFS_FUSE_POWERCUT_OPS=%d BTRFS_FUSE_POWERCUT_CUTS=%d "
-        "/usr/bin/python3 -m pytest -q tests/integration/test_powercut.py" % (seed, NOPS, NCUTS))
+        "BTRFS_FUSE_POWERCUT_FIXED=%d /usr/bin/python3 -m pytest -q tests/integration/test_powercut.py"
+        % (seed, NOPS, NCUTS, MAX_FIXED))
 
 
-def _repro(d, cut):
-    return ("%s build %s --image 1=%s:state.img --at %d --mode %s --seed %d   "
-            "(then: btrfs check --readonly state.img)" % (
-                REPLAY, os.path.join(d, "io.rec"), os.path.join(d, "base.img"), cut.at,
-                "all" if cut.mode == "flush" else cut.mode, cut.seed))
+def _repro(d, cut, ndev):
+    imgs = " ".join("--image %d=%s:state%d.img" % (i + 1, os.path.join(d, "base%d.img" % i), i)
+                    for i in range(ndev))
+    return ("%s build %s %s --at %d --mode %s --seed %d   (then: btrfs check --readonly state0.img%s)"
+            % (REPLAY, os.path.join(d, "io.rec"), imgs, cut.at,
+               "all" if cut.mode == "flush" else cut.mode, cut.seed,
+               ", after losetup and btrfs device scan of every state image" if ndev > 1 else ""))
 
 
 def _ops_before(wl, hist, nbytes):
@@ -100,7 +118,7 @@ def _ops_before(wl, hist, nbytes):
 def _check_state(ctx, d, wl, hist, record, cut, work, kernel):
     """Problems of one state (empty list: fine)."""
     nbytes = cut.nbytes(record)
-    ok, report = workload.btrfs_check(work)
+    ok, report = crashcheck.btrfs_check(work)
     if not ok:
         return ["btrfs check rejects the state:\n" + report]
     try:
@@ -122,15 +140,17 @@ def test_powercut(seed):
         img, base, rec, wl = _run_recorded(ctx, seed, d, NOPS)
         record = iorec.Record(rec)
         hist = crashcheck.History(wl.events)
-        cuts = (iorec.flush_cuts(record) + iorec.superblock_cuts(record, rng)
-                + iorec.random_cuts(record, NCUTS, rng))
+        fixed = iorec.flush_cuts(record) + iorec.superblock_cuts(record, rng)
+        if len(fixed) > MAX_FIXED:
+            fixed = rng.sample(fixed, MAX_FIXED)
+        cuts = fixed + iorec.random_cuts(record, NCUTS, rng)
         cuts.sort(key=lambda c: c.at)
         kernel_at = set(rng.sample(range(len(cuts)), min(KERNEL_STATES, len(cuts))))
-        ctx.notes.append("record: %s; %d states (%d at flushes, %d random)" % (
-            record.summary(), len(cuts), len(iorec.flush_cuts(record)), NCUTS))
+        ctx.notes.append("record: %s; %d states (%d at flushes and superblock writes, %d random)" % (
+            record.summary(), len(cuts), len(fixed), NCUTS))
         failures = []
-        work = os.path.join(d, "state.img")
-        with iorec.Replayer(record, {1: (base, work)}) as rp:
+        work = [os.path.join(d, "state%d.img" % i) for i in range(len(img))]
+        with iorec.Replayer(record, {i + 1: (base[i], work[i]) for i in range(len(img))}) as rp:
             for n, cut in enumerate(cuts):
                 undo, desc = rp.apply(cut)
                 probs = _check_state(ctx, d, wl, hist, record, cut, work, n in kernel_at)
@@ -143,7 +163,7 @@ def test_powercut(seed):
                 nb = cut.nbytes(record)
                 lines += ["", "== %s: %s" % (cut.describe(record), desc),
                           "   " + hist.describe(nb),
-                          "   rebuild it: " + _repro(d, cut)]
+                          "   rebuild it: " + _repro(d, cut, len(img))]
                 lines += ["   " + p for p in probs[:15]]
                 lines += ["   last operations before the cut:"] + [
                     "     " + o for o in _ops_before(wl, hist, nb)]
@@ -154,7 +174,7 @@ def test_record_is_complete():
     """Replaying the whole record onto the mount-time image with the command-line tool gives the image
     byte for byte.  The daemon is the ASan+UBSan build when there is one (the recorder under the
     sanitizers; it must exit cleanly)."""
-    seed = SEEDS[0]
+    seed = next((s for s in SEEDS if VARIANTS[s % len(VARIANTS)][1] > 1), SEEDS[0])   # two devices
     ctx = _ctx(seed, "I/O record completeness")
     binary = ASAN if os.access(ASAN, os.X_OK) else None
     with workload.workdir("iorecord-%d" % seed) as d:
@@ -162,15 +182,18 @@ def test_record_is_complete():
         record = iorec.Record(rec)
         if not record.flushes():
             ctx.fail("the record has no flush: %s" % record.summary())
-        out = os.path.join(d, "replayed.img")
-        p = subprocess.run([REPLAY, "build", rec, "--image", "1=%s:%s" % (base, out), "--end"],
-                           capture_output=True, text=True)
+        out = [os.path.join(d, "replayed%d.img" % i) for i in range(len(img))]
+        argv = [REPLAY, "build", rec, "--end"]
+        for i in range(len(img)):
+            argv += ["--image", "%d=%s:%s" % (i + 1, base[i], out[i])]
+        p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             ctx.fail("iorec-replay failed (exit %d): %s%s" % (p.returncode, p.stdout, p.stderr))
-        c = subprocess.run(["cmp", img, out], capture_output=True, text=True)
-        if c.returncode != 0:
-            ctx.fail("replaying the whole record (%s) does not give the image: %s" % (
-                record.summary(), c.stdout + c.stderr))
+        for a, b in zip(img, out):
+            c = subprocess.run(["cmp", a, b], capture_output=True, text=True)
+            if c.returncode != 0:
+                ctx.fail("replaying the whole record (%s) does not give the image %s: %s" % (
+                    record.summary(), a, c.stdout + c.stderr))
 
 
 def test_checker_catches_lost_fsync():

@@ -37,7 +37,7 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
+import re
 import signal
 import struct
 import time
@@ -289,9 +289,13 @@ class History:
 SUPER_OFFSET = 64 * KiB
 
 
-def has_log_tree(image):
-    """The primary superblock's log_root is set (a log waits for replay)."""
-    with open(image, "rb") as f:
+def _images(images):
+    return [os.fspath(images)] if isinstance(images, (str, os.PathLike)) else [os.fspath(i) for i in images]
+
+
+def has_log_tree(images):
+    """The first device's primary superblock has a log_root (a log waits for replay)."""
+    with open(_images(images)[0], "rb") as f:
         f.seek(SUPER_OFFSET + 0x60)
         b = f.read(8)
     return len(b) == 8 and struct.unpack("<Q", b)[0] != 0
@@ -302,37 +306,80 @@ def fuse_binary():
 
 
 @contextlib.contextmanager
-def recovered_mount(image, tmpdir):
-    """btrfs-fuse's view of a crashed image, as after a reboot: read-only; if a log tree waits, it is
-    replayed by a read-write mount of a copy (the image itself stays as it is)."""
-    if has_log_tree(image):
-        copy = os.path.join(tmpdir, "replay.img")
-        shutil.copyfile(image, copy)
-        try:
-            with mounts.fuse_mount(fuse_binary(), copy, options="rw,commit=86400") as m:
-                yield m
-        finally:
-            os.unlink(copy)
+def _copies(images, tmpdir, prefix):
+    """Sparse copies of the images (same order), removed afterwards."""
+    out = []
+    try:
+        for n, img in enumerate(_images(images)):
+            out.append(os.path.join(tmpdir, "%s-%d.img" % (prefix, n)))
+            workload.run_cmd(["cp", "--sparse=always", img, out[-1]])
+        yield out
+    finally:
+        for c in out:
+            with contextlib.suppress(OSError):
+                os.unlink(c)
+
+
+@contextlib.contextmanager
+def recovered_mount(images, tmpdir):
+    """btrfs-fuse's view of a crashed filesystem, as after a reboot: read-only; if a log tree waits, it
+    is replayed by a read-write mount of copies (the images themselves stay as they are)."""
+    if has_log_tree(images):
+        with _copies(images, tmpdir, "replay") as cp, \
+                mounts.fuse_mount(fuse_binary(), cp, options="rw,commit=86400") as m:
+            yield m
     else:
-        with mounts.fuse_mount(fuse_binary(), image, options="ro") as m:
+        with mounts.fuse_mount(fuse_binary(), _images(images), options="ro") as m:
             yield m
 
 
-def recovered_manifest(image, tmpdir):
-    with recovered_mount(image, tmpdir) as m:
+def recovered_manifest(images, tmpdir):
+    with recovered_mount(images, tmpdir) as m:
         return treecmp.walk(m, threads=2)
 
 
-def kernel_manifest(ctx, image, tmpdir, when):
-    """The kernel's view of a copy of the crashed image (it replays a log even read-only); the kernel
-    must mount it without a BTRFS warning or error."""
-    copy = os.path.join(tmpdir, "kernel.img")
-    workload.run_cmd(["cp", "--sparse=always", image, copy])
+def kernel_manifest(ctx, images, tmpdir, when):
+    """The kernel's view of copies of the crashed images (it replays a log even read-only); the
+    kernel must mount them without a BTRFS warning or error."""
+    with _copies(images, tmpdir, "kernel") as cp, \
+            workload.kernel_clean(ctx, mounts, cp, "ro,nodev,nosuid", when) as k:
+        return treecmp.walk(k, threads=2, seek_holes=True)
+
+
+_FOREIGN_SCAN = re.compile(r"^ERROR: cannot scan (/dev/\S+): ")
+_CHECK_OK = re.compile(r"\bno errors? found\b", re.I)
+
+
+def btrfs_check(images):
+    """`btrfs check --readonly --check-data-csum` of a filesystem's images (several are attached to
+    loop devices and scanned); returns (ok, report).  ok: exit 0 and no error line, other than those
+    about scanning block devices that are not ours (other tests' loop devices on a shared machine)."""
+    images = _images(images)
+    loops = []
     try:
-        with workload.kernel_clean(ctx, mounts, copy, "ro,nodev,nosuid", when) as k:
-            return treecmp.walk(k, threads=2, seek_holes=True)
+        if len(images) > 1:
+            for img in images:
+                rc, out = workload.run_cmd(["losetup", "-f", "--show", "-r", img])
+                if rc != 0:
+                    return False, "losetup %s failed: %s" % (img, out)
+                loops.append(out.strip())
+            workload.run_cmd(["btrfs", "device", "scan"] + loops)
+        argv = ["btrfs", "check", "--readonly", "--check-data-csum", loops[0] if loops else images[0]]
+        rc, out = workload.run_cmd(argv)
     finally:
-        os.unlink(copy)
+        for dev in loops:
+            workload.run_cmd(["btrfs", "device", "scan", "--forget", dev])
+            workload.run_cmd(["losetup", "-d", dev])
+    bad = []
+    for line in out.splitlines():
+        m = _FOREIGN_SCAN.match(line)
+        if m and m.group(1) not in loops:
+            continue
+        if re.search(r"error", line, re.I) and not _CHECK_OK.search(line):
+            bad.append(line)
+    ok = rc == 0 and not bad
+    return ok, "%s (exit %d)%s\n%s" % (" ".join(argv), rc, "" if ok else "; error lines: %r" % bad[:10],
+                                       out[-4000:])
 
 
 def same_tree(kman, fman):
