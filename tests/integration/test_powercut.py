@@ -20,7 +20,8 @@ Environment:
   BTRFS_FUSE_POWERCUT_SEEDS=a,b  exactly these seeds
   BTRFS_FUSE_POWERCUT_OPS=N      operations per seed (default 300, soak 1500)
   BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 30, soak 400)
-  BTRFS_FUSE_POWERCUT_FIXED=N    most flush and superblock cut points per seed (default 50, soak all)
+  BTRFS_FUSE_POWERCUT_SUPER=N    most cut points right after superblock writes per seed (default 24,
+                                 soak all; every flush point is always checked)
 """
 
 import os
@@ -41,8 +42,9 @@ SEEDS = ([int(s) for s in os.environ["BTRFS_FUSE_POWERCUT_SEEDS"].split(",") if 
          list(range(3000, 3000 + (12 if SOAK else 4))))
 NOPS = int(os.environ.get("BTRFS_FUSE_POWERCUT_OPS", "1500" if SOAK else "300"))
 NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "30"))
-# states at flushes and right after superblock writes: all of them, or this many chosen at random
-MAX_FIXED = int(os.environ.get("BTRFS_FUSE_POWERCUT_FIXED", "100000" if SOAK else "50"))
+# states right after superblock writes (before the flush that completes the commit): all, or this many
+# chosen at random (the states at flushes are always all checked)
+MAX_SUPER = int(os.environ.get("BTRFS_FUSE_POWERCUT_SUPER", "100000" if SOAK else "24"))
 KERNEL_STATES = 8 if SOAK else 2
 IMAGE_SIZE = 256 * MiB
 # (mkfs options, devices) by seed % len: the last one is a two-device RAID1, where each device has its own
@@ -96,8 +98,8 @@ def _ctx(seed, what):
         "%s: seed=%d, %d operations, mkfs.btrfs %s (%d x %d MiB)" % (
             what, seed, NOPS, " ".join(opts) or "(defaults)", ndev, IMAGE_SIZE // MiB),
         "BTRFS_FUSE_POWERCUT_SEEDS=%d BTRFS_FUSE_POWERCUT_OPS=%d BTRFS_FUSE_POWERCUT_CUTS=%d "
-        "BTRFS_FUSE_POWERCUT_FIXED=%d /usr/bin/python3 -m pytest -q tests/integration/test_powercut.py"
-        % (seed, NOPS, NCUTS, MAX_FIXED))
+        "BTRFS_FUSE_POWERCUT_SUPER=%d /usr/bin/python3 -m pytest -q tests/integration/test_powercut.py"
+        % (seed, NOPS, NCUTS, MAX_SUPER))
 
 
 def _repro(d, cut, ndev):
@@ -140,9 +142,9 @@ def test_powercut(seed):
         img, base, rec, wl = _run_recorded(ctx, seed, d, NOPS)
         record = iorec.Record(rec)
         hist = crashcheck.History(wl.events)
-        fixed = iorec.flush_cuts(record) + iorec.superblock_cuts(record, rng)
-        if len(fixed) > MAX_FIXED:
-            fixed = rng.sample(fixed, MAX_FIXED)
+        fixed = iorec.flush_cuts(record)
+        supers = iorec.superblock_cuts(record, rng)
+        fixed += rng.sample(supers, min(len(supers), max(10, MAX_SUPER)))
         cuts = fixed + iorec.random_cuts(record, NCUTS, rng)
         cuts.sort(key=lambda c: c.at)
         kernel_at = set(rng.sample(range(len(cuts)), min(KERNEL_STATES, len(cuts))))

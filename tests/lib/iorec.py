@@ -139,7 +139,10 @@ class Cut:
 
 
 def flush_cuts(rec):
-    return [Cut(r.index + 1, "flush") for r in rec.flushes()]
+    """A cut right after each flush; a flush that follows another flush (the next device's, nothing
+    written in between) gives the same state as that one and is left out."""
+    return [Cut(r.index + 1, "flush") for r in rec.flushes()
+            if r.index == 0 or rec.recs[r.index - 1].type != FLUSH]
 
 
 SUPER_OFFSETS = (64 << 10, 64 << 20, 256 << 30)
