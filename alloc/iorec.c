@@ -7,7 +7,8 @@
  * any moment the file's size says exactly how far the device state has been recorded, and a reader can rebuild
  * the device from its state at mount time plus the records (tests/lib/iorec.py does; it also simulates a power
  * cut by dropping or tearing the writes after the last flush). A record that cannot be written fails the
- * device write (-EIO), so the mount turns read-only instead of running on with a record that lies.
+ * device write (-EIO) and every later one, so the mount turns read-only instead of running on with a record
+ * that lies; the partial record is cut off the file (the failed write itself may have reached the device).
  *
  * File format, all integers little-endian:
  *   header (16 bytes): "BFIOREC1", u32 version (1), u32 header size (16)
@@ -39,6 +40,8 @@
 
 static atomic_int rec_fd = -1; /* changed under rec_lock; read without it only to skip the lock when off */
 static uint32_t rec_seq;
+static off_t rec_size;  /* bytes of whole records written */
+static bool rec_broken; /* an append failed: every later device write and flush fails */
 static pthread_mutex_t rec_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_uint_fast64_t dev_writes;  /* device writes started since the process began */
 static atomic_uint_fast64_t kill_before; /* 0: off */
@@ -49,17 +52,23 @@ static void put_le(uint8_t *p, uint64_t v, int n)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Append all of iov with one writev (a regular file: short only on a full disk or an error). */
+/* Append all of iov with one writev (a regular file: short only on a full disk or an error). On failure the
+   partial record is cut off, so the file still ends with a whole record, and the recorder is broken for good. */
 static int rec_append(struct iovec *iov, int n, size_t total)
 {
 	ssize_t w;
 	do
 		w = writev(rec_fd, iov, n);
 	while (w < 0 && errno == EINTR);
-	if (w == (ssize_t)total)
+	if (w == (ssize_t)total) {
+		rec_size += (off_t)total;
 		return 0;
-	bf_log(BF_LOG_ERR, "cannot append to the I/O record (-o iorecord): %s; failing the device write",
-	       w < 0 ? strerror(errno) : "short write (disk full?)");
+	}
+	bf_log(BF_LOG_ERR, "cannot append to the I/O record (-o iorecord): %s; failing this and every later "
+	       "device write", w < 0 ? strerror(errno) : "short write (disk full?)");
+	if (w > 0 && ftruncate(rec_fd, rec_size) != 0)
+		bf_log(BF_LOG_ERR, "cannot cut the partial record off the I/O record: %s", strerror(errno));
+	rec_broken = true;
 	return -EIO;
 }
 
@@ -79,6 +88,8 @@ int bf_iorec_open(const char *path)
 		close(rec_fd);
 	rec_fd = fd;
 	rec_seq = 0;
+	rec_size = 0;
+	rec_broken = false;
 	uint8_t head[16];
 	memcpy(head, "BFIOREC1", 8);
 	put_le(head + 8, 1, 4);
@@ -118,7 +129,9 @@ static int rec_put(uint32_t type, uint64_t devid, uint64_t physical, const void 
 	if (atomic_load_explicit(&rec_fd, memory_order_relaxed) < 0)
 		return 0;
 	pthread_mutex_lock(&rec_lock);
-	if (rec_fd >= 0) {
+	if (rec_broken) {
+		r = -EIO;
+	} else if (rec_fd >= 0) {
 		uint8_t head[IOREC_HEAD];
 		put_le(head, IOREC_MAGIC, 4);
 		put_le(head + 4, type, 4);

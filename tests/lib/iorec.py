@@ -35,7 +35,6 @@ CLI:
 import argparse
 import os
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -88,9 +87,7 @@ class Record:
                 break                      # the append the daemon was killed in
             self.recs.append(Rec(len(self.recs), typ, devid, phys, length, off + _HEAD.size, end))
             off = end
-        self.size = off if not self.recs else self.recs[-1].end
-        if not self.recs:
-            self.size = 16
+        self.size = off                    # bytes of whole records (header included)
 
     def payload(self, r):
         return memoryview(self.data)[r.data_off:r.data_off + r.length]
@@ -130,12 +127,12 @@ class Cut:
     def __repr__(self):
         return "cut at record %d (%s, seed %d)" % (self.at, self.mode, self.seed)
 
-    def describe(self, rec):
-        nbytes = rec.recs[self.at - 1].end if self.at else 16
-        return "%s, record bytes %d" % (self, nbytes)
-
     def nbytes(self, rec):
+        """The record-file size at the cut (the crash clock)."""
         return rec.recs[self.at - 1].end if self.at else 16
+
+    def describe(self, rec):
+        return "%s, record bytes %d" % (self, self.nbytes(rec))
 
 
 def flush_cuts(rec):
