@@ -7,9 +7,9 @@ write (test_record_is_complete), and the check that the promise checker itself c
 Key idea: a seeded workload (tests/lib/crashcheck.TrackedWorkload: creates, writes, overwrites,
 truncates, renames, links, xattrs, fsyncs, forced commits) runs on `btrfs-fuse -o rw,iorecord=REC`.
 The record holds every device write with its bytes and every flush; tests/lib/iorec.py rebuilds from the
-image as it was at mount time the device state at every flush and at random cut points between flushes,
-where each unflushed write is lost, kept, or torn at 4 KiB sectors (a disk's volatile cache at a power
-cut; iorec.py's docstring has the model).  Every state must pass `btrfs check --readonly
+image as it was at mount time the device state at every flush, right after superblock writes, and at
+random cut points between flushes, where each unflushed write is lost, kept, or torn at 4 KiB or
+512-byte sectors (a disk's volatile cache at a power cut; iorec.py's docstring has the model).  Every state must pass `btrfs check --readonly
 --check-data-csum`, and btrfs-fuse's view of it (tests/lib/crashcheck.recovered_manifest) must keep the
 promise (crashcheck.History.check): the last committed transaction, plus every file fsynced before the
 cut with its content, size and name.  A few states are also mounted by the kernel, which must show the
@@ -105,9 +105,10 @@ def _ctx(seed, what):
 def _repro(d, cut, ndev):
     imgs = " ".join("--image %d=%s:state%d.img" % (i + 1, os.path.join(d, "base%d.img" % i), i)
                     for i in range(ndev))
-    return ("%s build %s %s --at %d --mode %s --seed %d   (then: btrfs check --readonly state0.img%s)"
+    return ("%s build %s %s --at %d --mode %s --seed %d --sector %d   (then: btrfs check --readonly "
+            "state0.img%s)"
             % (REPLAY, os.path.join(d, "io.rec"), imgs, cut.at,
-               "all" if cut.mode == "flush" else cut.mode, cut.seed,
+               "all" if cut.mode == "flush" else cut.mode, cut.seed, cut.sector,
                ", after losetup and btrfs device scan of every state image" if ndev > 1 else ""))
 
 

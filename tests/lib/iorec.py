@@ -13,8 +13,9 @@ recorded; a record the file does not hold in full (the daemon was killed while a
 
 The power-cut model.  A disk with a volatile write cache keeps what it was sent until a flush completes:
 after a power cut, every write before the device's last completed flush is on the media; each write
-after it may be there, missing, or -- torn -- present in some of its sectors only (`sector`, default
-4096, is the unit a device writes atomically).  A Cut names the point (records before index `at` were
+after it may be there, missing, or -- torn -- present in some of its sectors only (`sector`, 4096 or
+512, is the unit a device writes atomically; a superblock is never torn below 4096 bytes: btrfs, like
+the kernel's, relies on a 4 KiB superblock write being atomic, and checks it with its checksum).  A Cut names the point (records before index `at` were
 issued) and which of the unflushed writes survive:
     flush   the point right after a flush (nothing is unflushed);
     all     every unflushed write reached the media (also what kill -9 leaves: the page cache survives);
@@ -125,7 +126,9 @@ class Cut:
         self.at, self.mode, self.seed, self.sector = at, mode, seed, sector
 
     def __repr__(self):
-        return "cut at record %d (%s, seed %d)" % (self.at, self.mode, self.seed)
+        return "cut at record %d (%s, seed %d%s)" % (self.at, self.mode, self.seed,
+                                                     ", %d-byte sectors" % self.sector
+                                                     if self.mode == "torn" else "")
 
     def nbytes(self, rec):
         """The record-file size at the cut (the crash clock)."""
@@ -145,11 +148,14 @@ def flush_cuts(rec):
 SUPER_OFFSETS = (64 << 10, 64 << 20, 256 << 30)
 
 
+def is_super(r):
+    return r.type == WRITE and r.physical in SUPER_OFFSETS and r.length == 4096
+
+
 def superblock_cuts(rec, rng):
     """Cuts right after each superblock write, before the flush that ends the commit: the copies
     written so far survive in any combination."""
-    return [Cut(r.index + 1, mode, seed=rng.randrange(1 << 30)) for r in rec.recs
-            if r.type == WRITE and r.physical in SUPER_OFFSETS and r.length == 4096
+    return [Cut(r.index + 1, mode, seed=rng.randrange(1 << 30)) for r in rec.recs if is_super(r)
             for mode in ("subset", "none")]
 
 
@@ -163,8 +169,12 @@ def random_cuts(rec, n, rng, modes=("none", "subset", "torn", "all", "subset", "
             cands.append(r.index + 1)      # a cut right after this write: it is unflushed
     if not cands:
         return []
-    return [Cut(rng.choice(cands), modes[i % len(modes)], seed=rng.randrange(1 << 30))
-            for i in range(n)]
+    out = []
+    for i in range(n):
+        mode = modes[i % len(modes)]
+        sector = 512 if mode == "torn" and rng.random() < 0.5 else 4096
+        out.append(Cut(rng.choice(cands), mode, seed=rng.randrange(1 << 30), sector=sector))
+    return out
 
 
 # ------------------------------------------------------------------ replay
@@ -231,8 +241,9 @@ class Replayer:
         for r in volatile:
             if rng.random() < 0.5:
                 continue
-            if cut.mode == "torn" and r.length > cut.sector and rng.random() < 0.5:
-                out += [(r, s, min(r.length, s + cut.sector)) for s in range(0, r.length, cut.sector)
+            unit = max(cut.sector, 4096) if is_super(r) else cut.sector
+            if cut.mode == "torn" and r.length > unit and rng.random() < 0.5:
+                out += [(r, s, min(r.length, s + unit)) for s in range(0, r.length, unit)
                         if rng.random() < 0.5]
             else:
                 out.append((r, 0, r.length))
