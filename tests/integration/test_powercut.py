@@ -129,7 +129,10 @@ def _check_state(ctx, d, wl, hist, record, cut, work, kernel):
     except (mounts.MountError, mounts.FuseDaemonError) as e:
         return ["btrfs-fuse cannot mount the state: %s" % e]
     probs = hist.check(man, nbytes)
-    if kernel and not probs:
+    # A superblock copy newer than the primary: the kernel reads the primary, btrfs-fuse the newest copy;
+    # both are whole committed states, but not the same one. That difference is the known issue of
+    # test_mirror_superblock_newer_than_primary (strict xfail), so these states are not compared here.
+    if kernel and not probs and not crashcheck.mirror_newer_than_primary(work):
         kman = crashcheck.kernel_manifest(ctx, work, d, "at %s" % cut)
         probs += ["kernel vs btrfs-fuse: " + m for m in crashcheck.same_tree(kman, man)[:20]]
     return probs
@@ -221,3 +224,49 @@ def test_checker_catches_lost_fsync():
                          % (wl.events[i - 1], e))
         if not tried:
             ctx.fail("the workload made no fsync that changed its file: nothing to check the checker with")
+
+
+MIRROR_ISSUE = (
+    "btrfs-fuse takes the newest valid superblock copy even when the primary is valid "
+    "(journal/super.c bf_super_read), the kernel and btrfs-progs take the primary: after a power cut "
+    "that kept the 64 MiB copy's write of the last commit and lost the primary's, the two drivers show "
+    "different committed states of the same disk (and a later kernel session that reuses the blocks of "
+    "the newer state would leave btrfs-fuse reading overwritten tree blocks)")
+
+
+@pytest.mark.xfail(strict=True, reason=MIRROR_ISSUE)
+def test_mirror_superblock_newer_than_primary():
+    """The kernel and btrfs-fuse show the same tree of a power-cut state in which, of the last commit's
+    superblock writes, only the 64 MiB copy's reached the media (the primary keeps the commit before)."""
+    seed = SEEDS[0]
+    ctx = _ctx(seed, "superblock copies that disagree")
+    with workload.workdir("mirror-super-%d" % seed) as d:
+        img, base, rec, wl = _run_recorded(ctx, seed, d, 100)
+        record = iorec.Record(rec)
+        supers = [r for r in record.recs if iorec.is_super(r) and r.devid == 1]
+        pair = next(((a, b) for a, b in zip(supers[-2::-1], supers[::-1])
+                     if a.physical == iorec.SUPER_OFFSETS[0] and b.physical == iorec.SUPER_OFFSETS[1]
+                     and b.index == a.index + 1), None)
+        if pair is None:
+            ctx.fail("no commit wrote the primary and the 64 MiB copy back to back: %s" % record.summary())
+        cut = iorec.Cut(pair[1].index + 1, "keep", keep=[pair[1].index])
+        work = [os.path.join(d, "state%d.img" % i) for i in range(len(img))]
+        with iorec.Replayer(record, {i + 1: (base[i], work[i]) for i in range(len(img))}) as rp:
+            rp.apply(cut)
+            if not crashcheck.mirror_newer_than_primary(work):
+                ctx.fail("the state of %s does not have a copy newer than the primary" % cut)
+            ok, report = crashcheck.btrfs_check(work)
+            if not ok:
+                ctx.fail("btrfs check rejects %s:\n%s" % (cut, report))
+            fman = crashcheck.recovered_manifest(work, d)
+            kman = crashcheck.kernel_manifest(ctx, work, d, "at %s" % cut)
+            hist = crashcheck.History(wl.events)
+            for who, man in (("btrfs-fuse", fman), ("kernel", kman)):
+                probs = hist.check(man, cut.nbytes(record))
+                if probs:
+                    ctx.fail("%s breaks the promise at %s:\n  %s" % (who, cut, "\n  ".join(probs[:20])))
+            diffs = crashcheck.same_tree(kman, fman)
+            if diffs:
+                ctx.fail("at %s (rebuild: %s --mode keep --keep %d), the kernel and btrfs-fuse show "
+                         "different trees:\n  %s" % (cut, _repro(d, cut, len(img)).split(" --mode")[0],
+                                                     pair[1].index, "\n  ".join(diffs[:20])), ops=False)

@@ -301,6 +301,35 @@ def has_log_tree(images):
     return len(b) == 8 and struct.unpack("<Q", b)[0] != 0
 
 
+SUPER_COPIES = (64 * KiB, 64 * MiB, 256 * 1024 * MiB)
+
+
+def super_generations(image):
+    """[generation or None] of each superblock copy on one device (None: absent or no btrfs magic; the
+    checksum is not verified)."""
+    out = []
+    with open(image, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for off in SUPER_COPIES:
+            if off + 4096 > size:
+                break
+            f.seek(off)
+            b = f.read(0x50)
+            out.append(struct.unpack_from("<Q", b, 0x48)[0] if b[0x40:0x48] == b"_BHRfS_M" else None)
+    return out
+
+
+def mirror_newer_than_primary(images):
+    """Some device has a superblock copy newer than its primary (a power cut kept the copy's write and
+    lost the primary's): the kernel mounts the primary, btrfs-fuse the newest copy (see
+    test_powercut.test_mirror_superblock_newer_than_primary)."""
+    for img in _images(images):
+        g = super_generations(img)
+        if g and g[0] is not None and any(x is not None and x > g[0] for x in g[1:]):
+            return True
+    return False
+
+
 def fuse_binary():
     return workload.BINARY
 

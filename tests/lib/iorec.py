@@ -21,7 +21,8 @@ issued) and which of the unflushed writes survive:
     all     every unflushed write reached the media (also what kill -9 leaves: the page cache survives);
     none    every unflushed write was lost;
     subset  a random subset reached the media (in any order: a cache reorders);
-    torn    a random subset, and some of those only in some of their sectors.
+    torn    a random subset, and some of those only in some of their sectors;
+    keep    exactly the unflushed writes whose record indexes are in `keep`.
 
 The Replayer keeps one working copy of each device: the flushed prefix is applied once and only grows
 (cuts are visited in order), the unflushed writes of one cut are applied on top with the old bytes
@@ -30,7 +31,7 @@ saved, and undone afterwards.  So each state costs only its own writes, whatever
 CLI:
     iorec-replay info RECORD
     iorec-replay build RECORD --image DEVID=BASE:OUT [...] --at N|--flush K|--end
-                 [--mode all|none|subset|torn] [--seed S] [--sector 4096]
+                 [--mode all|none|subset|torn|keep] [--keep I,J...] [--seed S] [--sector 4096]
 """
 
 import argparse
@@ -122,10 +123,13 @@ class Record:
 class Cut:
     """A power cut after records [0, at): mode in flush/all/none/subset/torn; seed drives the choice."""
 
-    def __init__(self, at, mode, seed=0, sector=4096):
+    def __init__(self, at, mode, seed=0, sector=4096, keep=()):
         self.at, self.mode, self.seed, self.sector = at, mode, seed, sector
+        self.keep = frozenset(keep)        # mode "keep": the indexes of the unflushed writes that survive
 
     def __repr__(self):
+        if self.mode == "keep":
+            return "cut at record %d (keeping unflushed writes %s)" % (self.at, sorted(self.keep))
         return "cut at record %d (%s, seed %d%s)" % (self.at, self.mode, self.seed,
                                                      ", %d-byte sectors" % self.sector
                                                      if self.mode == "torn" else "")
@@ -236,6 +240,8 @@ class Replayer:
             return [(r, 0, r.length) for r in volatile]
         if cut.mode == "none":
             return []
+        if cut.mode == "keep":
+            return [(r, 0, r.length) for r in volatile if r.index in cut.keep]
         rng = random.Random(cut.seed)
         out = []
         for r in volatile:
@@ -313,7 +319,9 @@ def main(argv=None):
     g.add_argument("--bytes", type=int, help="cut after the records within this many record-file bytes")
     g.add_argument("--flush", type=int, help="cut right after the K-th flush (1-based)")
     g.add_argument("--end", action="store_true", help="every record applied")
-    b.add_argument("--mode", default="all", choices=["all", "none", "subset", "torn"])
+    b.add_argument("--mode", default="all", choices=["all", "none", "subset", "torn", "keep"])
+    b.add_argument("--keep", default="", help="with --mode keep: record indexes of the unflushed writes "
+                   "that survive, comma-separated")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--sector", type=int, default=4096)
     args = ap.parse_args(argv)
@@ -337,7 +345,8 @@ def main(argv=None):
         at = args.at
     if not 0 <= at <= len(rec.recs):
         raise SystemExit("the record has %d records" % len(rec.recs))
-    cut = Cut(at, args.mode, args.seed, args.sector)
+    keep = [int(i) for i in args.keep.split(",") if i.strip()]
+    cut = Cut(at, args.mode, args.seed, args.sector, keep)
     with Replayer(rec, _parse_images(args.image)) as rp:
         _undo, desc = rp.apply(cut)
         rp.fsync()
