@@ -40,7 +40,9 @@ SEEDS = ([int(s) for s in os.environ["BTRFS_FUSE_CRASH_SEEDS"].split(",") if s.s
 ROUNDS = int(os.environ.get("BTRFS_FUSE_CRASH_ROUNDS", "25" if SOAK else "6"))
 NOPS = int(os.environ.get("BTRFS_FUSE_CRASH_OPS", "400" if SOAK else "120"))
 IMAGE_SIZE = 256 * MiB
-VARIANTS = [[], ["-n", "4096", "-m", "single"], ["--csum", "xxhash", "-O", "^no-holes"]]
+# (mkfs options, devices) by seed % len
+VARIANTS = [([], 1), (["-n", "4096", "-m", "single"], 1), (["--csum", "xxhash", "-O", "^no-holes"], 1),
+            (["-m", "raid1", "-d", "raid1"], 2)]
 FUSE_RW = "rw,nodev,nosuid,commit=86400"
 ASAN = os.path.abspath(os.environ.get("BTRFS_FUSE_ASAN",
                                       os.path.join(workload.REPO, "build-asan", "btrfs-fuse")))
@@ -114,19 +116,19 @@ def _check(ctx, wl, cut, died, img, d, r):
 
 
 def _kill_test(seed, binary, label):
-    opts = VARIANTS[seed % len(VARIANTS)]
+    opts, ndev = VARIANTS[seed % len(VARIANTS)]
     ctx = workload.TestCtx(
-        "kill -9 (%s): seed=%d, %d rounds of at most %d operations, mkfs.btrfs %s (%d MiB)" % (
-            label, seed, ROUNDS, NOPS, " ".join(opts) or "(defaults)", IMAGE_SIZE // MiB),
+        "kill -9 (%s): seed=%d, %d rounds of at most %d operations, mkfs.btrfs %s (%d x %d MiB)" % (
+            label, seed, ROUNDS, NOPS, " ".join(opts) or "(defaults)", ndev, IMAGE_SIZE // MiB),
         "BTRFS_FUSE_CRASH_SEEDS=%d BTRFS_FUSE_CRASH_ROUNDS=%d BTRFS_FUSE_CRASH_OPS=%d "
         "/usr/bin/python3 -m pytest -q tests/integration/test_crash.py -k %s" % (
             seed, ROUNDS, NOPS, "asan" if label == "asan" else "'not asan'"))
     ctx.notes = ["", ""]
     rng = random.Random(seed)
     with workload.workdir("crash-%d" % seed) as d:
-        img = os.path.join(d, "fs.img")
-        workload.mkfs_image(img, IMAGE_SIZE, opts)
-        ctx.notes[0] = "image %s" % img
+        img = [os.path.join(d, "fs%d.img" % i) for i in range(ndev)]
+        crashcheck.mkfs_images(img, IMAGE_SIZE, opts)
+        ctx.notes[0] = "images %s" % " ".join(img)
         for r in range(ROUNDS):
             wl, cut, died = _round(ctx, seed, r, img, d, rng, binary)
             _check(ctx, wl, cut, died, img, d, r)

@@ -67,12 +67,7 @@ def _run_recorded(ctx, seed, d, nops, binary=None):
     img = [os.path.join(d, "fs%d.img" % i) for i in range(ndev)]
     base = [os.path.join(d, "base%d.img" % i) for i in range(ndev)]
     rec = os.path.join(d, "io.rec")
-    for path in img:
-        with open(path, "wb") as f:
-            f.truncate(IMAGE_SIZE)
-    rc, out = workload.run_cmd(["mkfs.btrfs", "-q", "-f"] + opts + img)
-    if rc != 0:
-        ctx.fail("mkfs.btrfs %s failed (exit %d): %s" % (" ".join(opts + img), rc, out))
+    crashcheck.mkfs_images(img, IMAGE_SIZE, opts)
     for a, b in zip(img, base):
         iorec.copy_sparse(a, b)
     wl = crashcheck.TrackedWorkload(seed, crashcheck.record_clock(rec))

@@ -330,6 +330,17 @@ def mirror_newer_than_primary(images):
     return False
 
 
+def mkfs_images(paths, size, options):
+    """Sparse files of `size` bytes made into one filesystem with mkfs.btrfs OPTIONS."""
+    for path in paths:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    rc, out = workload.run_cmd(["mkfs.btrfs", "-q", "-f"] + list(options) + list(paths))
+    if rc != 0:
+        raise RuntimeError("mkfs.btrfs %s failed (exit %d): %s" % (" ".join(list(options) + list(paths)),
+                                                                   rc, out))
+
+
 def fuse_binary():
     return workload.BINARY
 
