@@ -27,6 +27,7 @@ candidates' trees:
     the workload never had at a durability point;
   * each of mode, uid, gid and the xattrs must be a value the path had at one candidate event at or after
     B, or after its last fsync (fdatasync promises the data only);
+  * an inode that every candidate has (whatever its names: renames) must be in the recovered tree;
   * if B is the only candidate, the whole tree must be exactly B's (every field but atime and st_blocks):
     the last committed transaction, nothing more, nothing less.
 Periodic commits are turned off (-o commit=86400) and the workload keeps its data small, so nothing else
@@ -276,6 +277,22 @@ class History:
                                     " or ".join(repr(v) for v in vals[:4]), ev[mfloor].desc))
             if len(probs) > limit:
                 break
+        probs += self._lost_inodes(rec, [ev[i].manifest["entries"] for i in cands])
+        return probs
+
+    @staticmethod
+    def _lost_inodes(rec, cand_entries):
+        """An inode that every candidate has (under whatever names: renames since the commit) must be in
+        the recovered tree under one of them; a rename may land or not, but never lose the file."""
+        def inos(entries):
+            return {e.get("ino"): p for p, e in entries.items() if e.get("ino") is not None}
+        have = inos(rec)
+        sets = [inos(c) for c in cand_entries]
+        probs = []
+        for ino in sorted(set.intersection(*[set(x) for x in sets]) - set(have)):
+            names = sorted({x[ino] for x in sets})
+            probs.append("inode %d, present at every event that may have reached the disk (as %s), is "
+                         "missing" % (ino, ", ".join(treecmp.show_path(n) for n in names[:3])))
         return probs
 
     def describe(self, cut):
