@@ -700,8 +700,8 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fus
    what is committed). Anything else is ENOTTY, as before there was an ioctl handler. */
 #define BF_IOC_SYNC 0x9408u
 
-static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
-		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+		     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
 {
 	trace_op(req, "ioctl", ino);
 	(void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz, (void)out_bufsz;
