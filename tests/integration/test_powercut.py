@@ -19,7 +19,7 @@ Environment:
   BTRFS_FUSE_SOAK=1              more seeds, operations and cut points
   BTRFS_FUSE_POWERCUT_SEEDS=a,b  exactly these seeds
   BTRFS_FUSE_POWERCUT_OPS=N      operations per seed (default 300, soak 1500)
-  BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 30, soak 400)
+  BTRFS_FUSE_POWERCUT_CUTS=N     random cut points per seed (default 50, soak 400)
   BTRFS_FUSE_POWERCUT_SUPER=N    most cut points right after superblock writes per seed (default 24,
                                  soak all; every flush point is always checked)
 """
@@ -41,7 +41,7 @@ SEEDS = ([int(s) for s in os.environ["BTRFS_FUSE_POWERCUT_SEEDS"].split(",") if 
          if os.environ.get("BTRFS_FUSE_POWERCUT_SEEDS") else
          list(range(3000, 3000 + (12 if SOAK else 4))))
 NOPS = int(os.environ.get("BTRFS_FUSE_POWERCUT_OPS", "1500" if SOAK else "300"))
-NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "30"))
+NCUTS = int(os.environ.get("BTRFS_FUSE_POWERCUT_CUTS", "400" if SOAK else "50"))
 # states right after superblock writes (before the flush that completes the commit): all, or this many
 # chosen at random (the states at flushes are always all checked)
 MAX_SUPER = int(os.environ.get("BTRFS_FUSE_POWERCUT_SUPER", "100000" if SOAK else "24"))
