@@ -27,6 +27,7 @@ Environment:
 import os
 import random
 import subprocess
+import tempfile
 
 import pytest
 
@@ -235,7 +236,8 @@ def test_mirror_superblock_newer_than_primary():
     superblock writes, only the 64 MiB copy's reached the media (the primary keeps the commit before)."""
     seed = SEEDS[0]
     ctx = _ctx(seed, "superblock copies that disagree")
-    with workload.workdir("mirror-super-%d" % seed) as d:
+    # an expected failure: its images are not kept (rerun the test with --runxfail to see the trees)
+    with tempfile.TemporaryDirectory(prefix="btrfs-mirror-super-") as d:
         img, base, rec, wl = _run_recorded(ctx, seed, d, 100)
         record = iorec.Record(rec)
         supers = [r for r in record.recs if iorec.is_super(r) and r.devid == 1]
@@ -262,6 +264,5 @@ def test_mirror_superblock_newer_than_primary():
                     ctx.fail("%s breaks the promise at %s:\n  %s" % (who, cut, "\n  ".join(probs[:20])))
             diffs = crashcheck.same_tree(kman, fman)
             if diffs:
-                ctx.fail("at %s (rebuild: %s --mode keep --keep %d), the kernel and btrfs-fuse show "
-                         "different trees:\n  %s" % (cut, _repro(d, cut, len(img)).split(" --mode")[0],
-                                                     pair[1].index, "\n  ".join(diffs[:20])), ops=False)
+                ctx.fail("at %s, the kernel and btrfs-fuse show different trees:\n  %s" % (
+                    cut, "\n  ".join(diffs[:20])), ops=False)
