@@ -29,7 +29,8 @@ CORE_OBJ := $(CORE_SRC:%.c=$(B)/%.o)
 FUSE_OBJ := $(FUSE_SRC:%.c=$(B)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
-.PHONY: all asan test unit soak demo install clean deps bench tour unit-bins btrfs-fuse btrfs-fuse-inspect
+.PHONY: all asan test unit soak demo install clean deps bench tour unit-bins btrfs-fuse btrfs-fuse-inspect \
+	crash-test soak-crash
 PROGRAMS := btrfs-fuse $(if $(INSPECT_SRC),btrfs-fuse-inspect)
 all: $(PROGRAMS)
 
@@ -75,6 +76,17 @@ test: deps
 
 soak: deps all
 	scripts/run-tests --soak
+
+# The crash tests alone (kill -9 and power-cut replay; also part of test and soak): crash-test at the size of
+# `make test`, soak-crash at the soak size. The replay tool tests/tools/iorec-replay is Python: nothing to build.
+CRASH_TESTS := tests/integration/test_crash.py tests/integration/test_powercut.py
+crash-test: deps all
+	$(MAKE) B=build-asan build-asan/btrfs-fuse
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider $(CRASH_TESTS)
+
+soak-crash: deps all
+	$(MAKE) B=build-asan build-asan/btrfs-fuse
+	BTRFS_FUSE_SOAK=1 /usr/bin/python3 -m pytest -q -p no:cacheprovider $(CRASH_TESTS)
 
 demo: deps all
 	scripts/demo

@@ -80,6 +80,19 @@ int bf_dev_pread(const struct bf_device *dev, void *buf, size_t len, uint64_t ph
 int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint64_t physical); /* 0 or -EIO */
 int bf_dev_flush(const struct bf_device *dev);
 
+/* ---- the I/O recorder (alloc/iorec.c; tests only: -o iorecord=FILE, -o testkill=N) ----
+ * When open, bf_dev_pwrite appends every successful write (devid, physical, bytes) and bf_dev_flush every
+ * completed flush to the record file, one record per writev, so the file's size tells how far the device state
+ * has been recorded; tests/lib/iorec.py rebuilds device states from it. The file must be new or empty
+ * (-EEXIST otherwise). A failed append fails the device write with -EIO. */
+int bf_iorec_open(const char *path); /* 0 or -errno */
+void bf_iorec_close(void);
+int bf_iorec_write(uint64_t devid, uint64_t physical, const void *buf, size_t len); /* 0 or -EIO */
+int bf_iorec_flush(uint64_t devid);                                                  /* 0 or -EIO */
+/* testkill: the process kills itself with SIGKILL just before its nth device write (0: never). */
+void bf_iorec_set_kill(uint64_t nth_write);
+void bf_iorec_before_write(void); /* called by bf_dev_pwrite: counts writes, carries out testkill */
+
 /* ---- the volume ---- */
 void bf_vol_init(struct bf_volume *v, const uint8_t fsid[BF_FSID_SIZE], uint32_t sectorsize, uint64_t num_devices);
 void bf_vol_destroy(struct bf_volume *v); /* closes the devices' fds and frees everything */

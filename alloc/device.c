@@ -3,7 +3,8 @@
  *
  * Owns: bf_dev_pread, bf_dev_pwrite, bf_dev_flush. Key idea: a request is checked against the device's
  * readable size before any system call, so a corrupt address can never read past a device's end, and short
- * transfers are retried until done or the device reports an error.
+ * transfers are retried until done or the device reports an error. Both entry points report to the I/O
+ * recorder (alloc/iorec.c, off unless a test asks for it) after the device call succeeded.
  */
 #include "alloc/alloc.h"
 #include "util/util.h"
@@ -54,6 +55,8 @@ int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint
 		bf_log(BF_LOG_ERR, "write to devid %" PRIu64 " (%s), which is open read-only", dev->devid, dev->path);
 		return -EIO;
 	}
+	if (!ret)
+		bf_iorec_before_write();
 	for (size_t done = 0; !ret && done < len;) {
 		ssize_t n = pwrite(dev->fd, (const char *)buf + done, len - done, (off_t)(physical + done));
 		if (n < 0 && errno == EINTR)
@@ -62,7 +65,7 @@ int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint
 			return dev_io_error(dev, "write", len, physical, n < 0 ? errno : ENOSPC);
 		done += (size_t)n;
 	}
-	return ret;
+	return ret ? ret : bf_iorec_write(dev->devid, physical, buf, len);
 }
 
 int bf_dev_flush(const struct bf_device *dev)
@@ -74,5 +77,5 @@ int bf_dev_flush(const struct bf_device *dev)
 		bf_log(BF_LOG_ERR, "flush of devid %" PRIu64 " (%s) failed: %s", dev->devid, dev->path, strerror(-ret));
 		return -EIO;
 	}
-	return 0;
+	return bf_iorec_flush(dev->devid);
 }

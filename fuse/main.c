@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "alloc/alloc.h"
 #include "util/util.h"
 
 #ifndef BF_VERSION
@@ -44,6 +45,8 @@ struct cli {
 	struct strv dev;  /* -o device= */
 	char *subvol;
 	char *trace;       /* -o trace=FILE */
+	char *iorecord;    /* -o iorecord=FILE (tests only) */
+	uint64_t testkill; /* -o testkill=N (tests only) */
 	uint64_t subvolid;
 	unsigned commit;   /* -o commit=N: seconds between commits (0 = 30, as the kernel) */
 	bool degraded, help, version, debug, rw;
@@ -55,7 +58,7 @@ struct cli {
 
 enum {
 	K_HELP, K_VERSION, K_SUBVOL, K_SUBVOLID, K_DEVICE, K_DEGRADED, K_RO, K_RW, K_ALLOW, K_NOALLOW, K_DEFPERM,
-	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE,
+	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE, K_IOREC, K_TESTKILL,
 };
 
 static const struct fuse_opt cli_opts[] = {
@@ -67,6 +70,8 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("subvolid=", K_SUBVOLID),
 	FUSE_OPT_KEY("commit=", K_COMMIT),
 	FUSE_OPT_KEY("trace=", K_TRACE),
+	FUSE_OPT_KEY("iorecord=", K_IOREC),
+	FUSE_OPT_KEY("testkill=", K_TESTKILL),
 	FUSE_OPT_KEY("device=", K_DEVICE),
 	FUSE_OPT_KEY("degraded", K_DEGRADED),
 	FUSE_OPT_KEY("ro", K_RO),
@@ -163,6 +168,21 @@ static int parse_commit(struct cli *c, const char *val)
 	return 0;
 }
 
+/* testkill=N (tests only): a positive count of device writes. */
+static int parse_testkill(struct cli *c, const char *val)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(val, &end, 10);
+	if (errno || end == val || *end || val[0] == '-' || v == 0) {
+		bf_log(BF_LOG_ERR, "invalid testkill '%s': give the number (1 or more) of the device write to die at",
+		       val);
+		return -1;
+	}
+	c->testkill = v;
+	return 0;
+}
+
 /* An option libfuse does not own: drop the ones that mean nothing here, keep the rest for libfuse. */
 static int other_opt(const char *arg)
 {
@@ -194,6 +214,10 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 	case K_TRACE:
 		free(c->trace);
 		return (c->trace = strdup(arg + strlen("trace="))) ? 0 : -1;
+	case K_IOREC:
+		free(c->iorecord);
+		return (c->iorecord = strdup(arg + strlen("iorecord="))) ? 0 : -1;
+	case K_TESTKILL: return parse_testkill(c, arg + strlen("testkill="));
 	case K_DEVICE: return strv_push(&c->dev, arg + strlen("device="));
 	case K_DEGRADED: c->degraded = true; return 0;
 	case K_RO: c->rw = false; return 0; /* added below unless the mount is writable; the last of ro/rw wins */
@@ -256,6 +280,11 @@ static void help(void)
 	       "    -o trace=FILE          append one JSON line per event to FILE: FUSE requests, tree\n"
 	       "                           searches, block reads, copy-on-write, splits and merges, reference\n"
 	       "                           changes, transactions and commits\n"
+	       "\n"
+	       "For tests only (crash tests; never on data you care about):\n"
+	       "    -o iorecord=FILE       record every device write (with its data) and every flush in the\n"
+	       "                           new file FILE (tests/lib/iorec.py replays it, power cuts included)\n"
+	       "    -o testkill=N          the daemon kills itself with SIGKILL just before its N-th device write\n"
 	       "\n"
 	       "Defaults, as a kernel mount behaves:\n"
 	       "    -o default_permissions the kernel checks permission bits and ACLs;\n"
@@ -457,6 +486,15 @@ static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_
 			return -1;
 		}
 	}
+	if (c->iorecord) {
+		int t = bf_iorec_open(c->iorecord);
+		if (t < 0) {
+			bf_log(BF_LOG_ERR, "cannot start the I/O record %s: %s%s", c->iorecord, strerror(-t),
+			       t == -EEXIST ? " (it must be a new or empty file)" : "");
+			return -1;
+		}
+	}
+	bf_iorec_set_kill(c->testkill);
 	int r = bf_fs_open(&fo, &ctx->fs, err, sizeof(err));
 	if (r < 0) {
 		if (err[0])
@@ -596,6 +634,8 @@ out:
 	strv_free(&c.dev);
 	free(c.subvol);
 	free(c.trace);
+	free(c.iorecord);
 	bf_trace_close();
+	bf_iorec_close();
 	return status;
 }

@@ -696,6 +696,27 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t i, off_t o, struct fus
 	fuse_reply_err(req, ctx_of(req)->rw ? ENOSYS : EROFS);
 }
 
+/* Of the btrfs ioctls only BTRFS_IOC_SYNC, _IO(0x94, 8): a full commit, as the kernel's (tests use it to know
+   what is committed). Anything else is ENOTTY, as before there was an ioctl handler. */
+#define BF_IOC_SYNC 0x9408u
+
+static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+		     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+	trace_op(req, "ioctl", ino);
+	(void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz, (void)out_bufsz;
+	if (cmd != BF_IOC_SYNC) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	const struct bf_fuse *c = ctx_of(req);
+	int r = c->rw ? bf_fs_sync(c->fs) : 0;
+	if (r)
+		reply_err(req, r);
+	else
+		fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
 const struct fuse_lowlevel_ops bf_fuse_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
@@ -731,4 +752,5 @@ const struct fuse_lowlevel_ops bf_fuse_ops = {
 	.create = op_create,
 	.fallocate = op_fallocate,
 	.copy_file_range = op_copy_file_range,
+	.ioctl = op_ioctl,
 };
