@@ -1,7 +1,7 @@
 /*
  * journal/journal.h - superblocks, opening a filesystem, transactions and commit, the fsync log.
  *
- * Owns: reading and validating superblocks (primary and copies, newest valid generation wins), matching the
+ * Owns: reading and validating superblocks (an intact primary wins; else the newest valid copy), matching the
  * given devices into one volume, bootstrapping the chunk map (system chunk array, then the chunk tree), and
  * finding the roots of the global trees; transactions and the commit protocol; writing the fsync log (the log
  * root tree and one log tree per subvolume). Later: replaying a log.
@@ -22,7 +22,8 @@
 #include "btree/btree.h"
 #include "btree/format.h"
 
-/* Read the superblock copies of one device and return the valid one with the highest generation in *out.
+/* Read the superblock of one device into *out: the primary if it is intact (as the kernel), else the valid copy
+   with the highest generation.
    *copy gets its index (0 primary, 1, 2). A bad primary with a good copy logs a warning naming the copy used.
    -EINVAL: no valid superblock (message says why for the primary). */
 int bf_super_read(int fd, uint64_t devsize, struct bf_super *out, int *copy, char *err, size_t errlen);

@@ -2,7 +2,7 @@
  * journal/super.c - reading and checking superblocks.
  *
  * Owns: bf_super_check (one superblock image: checksum, magic, location, sizes, features) and bf_super_read
- * (all copies of one device; the valid copy with the highest generation wins), and the names of feature bits.
+ * (an intact primary wins, as in the kernel; if it is bad, the valid copy with the highest generation), and the names of feature bits.
  *
  * Key idea: a superblock is trusted only after its checksum and every field that later code uses for sizes
  * or offsets has been range-checked here; later layers rely on sectorsize and nodesize being sane powers of
@@ -163,6 +163,12 @@ int bf_super_read(int fd, uint64_t devsize, struct bf_super *out, int *copy, cha
 			return bf_err(err, errlen, r, "%s", why);
 		if (i == 0 && r)
 			snprintf(why0, sizeof(why0), "%s", why);
+		if (i == 0 && !r) { /* an intact primary is the filesystem, as for the kernel (copies may be newer
+				       after a power cut that lost the primary's write: that commit never completed) */
+			*out = sb;
+			*copy = 0;
+			return 0;
+		}
 		if (r || get64(sb.generation) <= best_gen)
 			continue;
 		best = i;

@@ -125,10 +125,7 @@ def _check_state(ctx, d, wl, hist, record, cut, work, kernel):
     except (mounts.MountError, mounts.FuseDaemonError) as e:
         return ["btrfs-fuse cannot mount the state: %s" % e]
     probs = hist.check(man, nbytes)
-    # A superblock copy newer than the primary: the kernel reads the primary, btrfs-fuse the newest copy;
-    # both are whole committed states, but not the same one. That difference is the known issue of
-    # test_mirror_superblock_newer_than_primary (strict xfail), so these states are not compared here.
-    if kernel and not probs and not crashcheck.mirror_newer_than_primary(work):
+    if kernel and not probs:
         kman = crashcheck.kernel_manifest(ctx, work, d, "at %s" % cut)
         probs += ["kernel vs btrfs-fuse: " + m for m in crashcheck.same_tree(kman, man)[:20]]
     return probs
@@ -222,21 +219,11 @@ def test_checker_catches_lost_fsync():
             ctx.fail("the workload made no fsync that changed its file: nothing to check the checker with")
 
 
-MIRROR_ISSUE = (
-    "btrfs-fuse takes the newest valid superblock copy even when the primary is valid "
-    "(journal/super.c bf_super_read), the kernel and btrfs-progs take the primary: after a power cut "
-    "that kept the 64 MiB copy's write of the last commit and lost the primary's, the two drivers show "
-    "different committed states of the same disk (and a later kernel session that reuses the blocks of "
-    "the newer state would leave btrfs-fuse reading overwritten tree blocks)")
-
-
-@pytest.mark.xfail(strict=True, reason=MIRROR_ISSUE)
 def test_mirror_superblock_newer_than_primary():
     """The kernel and btrfs-fuse show the same tree of a power-cut state in which, of the last commit's
     superblock writes, only the 64 MiB copy's reached the media (the primary keeps the commit before)."""
     seed = SEEDS[0]
     ctx = _ctx(seed, "superblock copies that disagree")
-    # an expected failure: its images are not kept (rerun the test with --runxfail to see the trees)
     with tempfile.TemporaryDirectory(prefix="btrfs-mirror-super-") as d:
         img, base, rec, wl = _run_recorded(ctx, seed, d, 100)
         record = iorec.Record(rec)
