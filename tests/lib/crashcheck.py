@@ -396,10 +396,11 @@ def recovered_manifest(images, tmpdir):
 
 
 def kernel_manifest(ctx, images, tmpdir, when):
-    """The kernel's view of copies of the crashed images (it replays a log even read-only); the
-    kernel must mount them without a BTRFS warning or error."""
+    """The kernel's view of copies of the crashed images; the kernel must mount them without a BTRFS
+    warning or error.  Mounted read-write (noatime) on writable loop devices: a log tree left by an fsync
+    is replayed at mount, which the kernel refuses on read-only media."""
     with _copies(images, tmpdir, "kernel") as cp, \
-            workload.kernel_clean(ctx, mounts, cp, "ro,nodev,nosuid", when) as k:
+            workload.kernel_clean(ctx, mounts, cp, "rw,noatime,nodev,nosuid", when) as k:
         return treecmp.walk(k, threads=2, seek_holes=True)
 
 
