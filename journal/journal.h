@@ -55,6 +55,9 @@ struct bf_fsinfo {
 	bool has_csum_root, has_uuid_root, has_free_space_root, has_block_group_root;
 	bool readonly;
 	uint64_t log_root; /* superblock's log_root (0: none) */
+	/* Set by the opener before bf_journal_open: it replays the log tree before any other change (fs/logreplay.c).
+	   Without it an image with a log tree stays read-only, so that no commit can drop the log. */
+	bool log_replay;
 	struct bf_journal *journal; /* journal/trans.c: set by bf_journal_open on writable mounts, else NULL */
 };
 
@@ -113,7 +116,7 @@ struct bf_journal_hooks {
 
 /* Prepare fi for writing (opened with writable = true): check that this image may be written, open the extent
    allocator, load the tree table and backup-root position. -EROFS (with err saying why, and fi->readonly set)
-   for images that must stay read-only: a log tree to replay, unknown compat_ro features, RAID5/6, quotas,
+   for images that must stay read-only: a log tree nobody will replay (fi->log_replay unset), unknown compat_ro features, RAID5/6, quotas,
    missing or read-only devices, superblock flags (error, seeding, metadump, changing fsid). commit_interval in
    seconds (0 = the kernel's default, 30). */
 int bf_journal_open(struct bf_fsinfo *fi, const struct bf_journal_hooks *hooks, unsigned commit_interval,

@@ -1,0 +1,449 @@
+"""Log replay: an image the kernel left with a log tree (fsync, then a crash before the next commit) is replayed
+by a read-write btrfs-fuse mount exactly as the kernel replays it.
+
+Each scenario makes its own kernel-written log at test time: mkfs (256 MiB), a kernel mount with commit=300, a
+committed base state (sync), then the scenario's changes with fsyncs of files and directories, and a copy of
+the backing image taken with O_DIRECT while the kernel still has it mounted (before the next commit), so the
+copy is what a power cut right after the last fsync leaves (dump-super shows log_root != 0).
+
+The oracle is the kernel's own replay of an identical copy (mount, walk, unmount). Then btrfs-fuse -o rw mounts
+the copy (replaying it) and must show the same tree (names, types, modes, owners, sizes, nlink, inode numbers,
+st_blocks, content hashes, xattrs, symlink targets; not atime/ctime, which replay sets to "now"); after its
+unmount the superblock has no log root, `btrfs check --readonly --check-data-csum` is clean, and the kernel
+mounts the image without a BTRFS warning or error and shows the same tree again.
+
+Plus: a default (read-only) mount of a log image shows the last commit with a warning and changes nothing; a
+log with a damaged block or a checksummed-but-nonsense item is refused with a message naming the log block and
+`btrfs rescue zero-log`, never a crash, and leaves the image untouched.
+
+Needs root (loop mounts). $BTRFS_FUSE overrides ./btrfs-fuse.
+"""
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+import hostile  # noqa: E402
+import mounts  # noqa: E402
+import treecmp  # noqa: E402
+
+BIN = os.path.abspath(os.environ.get("BTRFS_FUSE", os.path.join(REPO, "btrfs-fuse")))
+ASAN = os.path.abspath(os.environ.get("BTRFS_FUSE_ASAN", os.path.join(REPO, "build-asan", "btrfs-fuse")))
+IMG_SIZE = 256 << 20
+IGNORE = ("atime", "ctime")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop mounts)"),
+    pytest.mark.skipif(not os.access(BIN, os.X_OK), reason="btrfs-fuse binary not built: %s" % BIN),
+    pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="mkfs.btrfs missing (btrfs-progs)"),
+]
+
+
+def run(argv, **kw):
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=600, **kw)
+
+
+@pytest.fixture
+def tmp():
+    d = tempfile.mkdtemp(prefix="btrfs-logreplay-", dir=os.environ.get("BTRFS_FUSE_TMP", "/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def mkfs(path, opts):
+    with open(path, "wb") as f:
+        f.truncate(IMG_SIZE)
+    p = run(["mkfs.btrfs", "-q", "-f"] + opts + [path])
+    assert p.returncode == 0, "mkfs.btrfs %s failed: %s" % (" ".join(opts), p.stderr)
+
+
+def log_root(img):
+    return hostile.read_super(img)["log_root"]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def copy_sparse(src, dst):
+    p = run(["cp", "--sparse=always", src, dst])
+    assert p.returncode == 0, p.stderr
+
+
+def check(img, what):
+    """btrfs check --readonly --check-data-csum: exit status 0 and no error in its output."""
+    p = run(["btrfs", "check", "--readonly", "--check-data-csum", img])
+    out = p.stdout + p.stderr
+    bad = [ln for ln in out.splitlines() if re.search(r"\berror\b|ERROR|mismatch|wrong|missing|invalid", ln)
+           and "no error found" not in ln and not re.match(r"ERROR: cannot scan /dev/", ln)]
+    assert p.returncode == 0 and "no error found" in out and not bad, (
+        "btrfs check after %s failed (exit %d):\n%s" % (what, p.returncode, out))
+
+
+# ---------------------------------------------------------------- workloads
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path, data, off=0, fsync=False, trunc=False):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if trunc else 0), 0o644)
+    try:
+        os.pwrite(fd, data, off)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rbytes(rng, n):
+    return rng.randbytes(n)
+
+
+class Scenario:
+    """base(root, rng) is committed (sync); logged(root, rng) runs after it and ends with an fsync."""
+
+    def __init__(self, name, base, logged):
+        self.name, self.base, self.logged = name, base, logged
+
+
+def base_files(root, rng):
+    os.mkdir(os.path.join(root, "d"))
+    write_file(os.path.join(root, "d", "keep"), rbytes(rng, 5000))
+
+
+def logged_files(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    write_file(p("small"), b"tiny file", fsync=True)                       # inline extent
+    write_file(p("mid"), rbytes(rng, 20000), fsync=True)
+    write_file(p("big"), rbytes(rng, 3 << 20), fsync=True)                  # several extents, many csums
+    write_file(p("sparse"), rbytes(rng, 4096))
+    write_file(p("sparse"), rbytes(rng, 8192), off=1 << 20, fsync=True)    # a hole in between
+    write_file(p("d", "grow"), b"x" * 700, fsync=True)                      # inline, then regular
+    write_file(p("d", "grow"), rbytes(rng, 10000), off=700, fsync=True)
+    os.symlink("d/grow", p("link"))
+    os.mkfifo(p("fifo"))
+    fsync_path(root)
+
+
+def base_overwrite(root, rng):
+    for name, n in (("a", 1 << 20), ("b", 300000), ("c", 5000), ("e", 2 << 20), ("f", 40000), ("g", 100)):
+        write_file(os.path.join(root, name), rbytes(rng, n))
+
+
+def logged_overwrite(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    write_file(p("a"), rbytes(rng, 100000), off=300000, fsync=True)        # overwrite in the middle
+    with open(p("b"), "ab") as f:                                          # extend
+        f.write(rbytes(rng, 123457))
+        f.flush()
+        os.fsync(f.fileno())
+    os.truncate(p("c"), 100)                                               # shrink
+    fsync_path(p("c"))
+    os.truncate(p("e"), 0)                                                 # truncate to 0 and write again
+    write_file(p("e"), rbytes(rng, 10000), fsync=True)
+    os.truncate(p("f"), 1 << 20)                                           # grow by truncate
+    fsync_path(p("f"))
+    write_file(p("g"), rbytes(rng, 50), off=20, fsync=True)                # inline overwrite
+
+
+def base_names(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    for d in ("d1", "d2", "gone"):
+        os.mkdir(p(d))
+    for f in ("x", "y", "z", "w"):
+        write_file(p("d1", f), rbytes(rng, 3000))
+    write_file(p("t"), rbytes(rng, 200))
+    write_file(p("d2", "old"), b"old")
+
+
+def logged_names(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    os.rename(p("d1", "x"), p("d2", "x2"))                                 # rename across directories
+    fsync_path(p("d2", "x2"))
+    os.link(p("d1", "y"), p("d2", "ylink"))                                # a new hard link
+    fsync_path(p("d1", "y"))
+    os.link(p("t"), p("d1", "tl"))                                         # link, then unlink the other name
+    os.unlink(p("t"))
+    fsync_path(p("d1", "tl"))
+    os.unlink(p("d1", "z"))                                                # unlink, then fsync the directory
+    fsync_path(p("d1"))
+    os.mkdir(p("d3"))                                                      # mkdir + a file inside
+    write_file(p("d3", "new"), rbytes(rng, 9000))
+    fsync_path(p("d3", "new"))
+    fsync_path(p("d3"))
+    os.rename(p("d1", "w"), p("d2", "old"))                                # rename over an existing name
+    fsync_path(p("d2", "old"))
+    os.rmdir(p("gone"))
+    fsync_path(root)
+
+
+def base_xattrs(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    os.mkdir(p("dx"))
+    write_file(p("fx"), rbytes(rng, 1000))
+    for path in (p("fx"), p("dx")):
+        os.setxattr(path, "user.a", b"A" * 10)
+        os.setxattr(path, "user.b", b"B" * 300)
+
+
+def logged_xattrs(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    for path in (p("fx"), p("dx")):
+        os.setxattr(path, "user.a", b"new value")                          # replace
+        os.removexattr(path, "user.b")                                     # remove
+        os.setxattr(path, "user.c", rbytes(rng, 2000))                     # add
+        fsync_path(path)
+    write_file(p("fy"), b"data")
+    os.setxattr(p("fy"), "user.only", b"1")
+    fsync_path(p("fy"))
+
+
+def logged_random(root, rng, nops=120):
+    """Seeded random changes over a small tree, with fsyncs of random files and directories."""
+    dirs, files = [""], []
+
+    def rel_new(parent):
+        return os.path.join(parent, "n%d" % rng.randrange(10 ** 6))
+
+    ops = ["create", "create", "write", "write", "append", "truncate", "rename", "link", "unlink", "mkdir",
+           "setxattr", "removexattr", "fsync", "fsync", "fsync_dir"]
+    for _ in range(nops):
+        op = rng.choice(ops)
+        try:
+            if op == "create" or not files and op in ("write", "append", "truncate", "rename", "link", "unlink",
+                                                      "setxattr", "removexattr", "fsync"):
+                rel = rel_new(rng.choice(dirs))
+                write_file(os.path.join(root, rel), rbytes(rng, rng.choice([0, 10, 1500, 5000, 70000, 300000])))
+                files.append(rel)
+            elif op == "write":
+                rel = rng.choice(files)
+                write_file(os.path.join(root, rel), rbytes(rng, rng.randrange(1, 100000)),
+                           off=rng.randrange(0, 400000))
+            elif op == "append":
+                with open(os.path.join(root, rng.choice(files)), "ab") as f:
+                    f.write(rbytes(rng, rng.randrange(1, 50000)))
+            elif op == "truncate":
+                os.truncate(os.path.join(root, rng.choice(files)), rng.randrange(0, 500000))
+            elif op == "rename":
+                rel = rng.choice(files)
+                new = rel_new(rng.choice(dirs))
+                os.rename(os.path.join(root, rel), os.path.join(root, new))
+                files = [new if f == rel else f for f in files]
+            elif op == "link":
+                new = rel_new(rng.choice(dirs))
+                os.link(os.path.join(root, rng.choice(files)), os.path.join(root, new))
+                files.append(new)
+            elif op == "unlink":
+                rel = rng.choice(files)
+                os.unlink(os.path.join(root, rel))
+                files.remove(rel)
+            elif op == "mkdir":
+                rel = rel_new(rng.choice(dirs))
+                os.mkdir(os.path.join(root, rel))
+                dirs.append(rel)
+            elif op == "setxattr":
+                os.setxattr(os.path.join(root, rng.choice(files)), "user.x%d" % rng.randrange(3),
+                            rbytes(rng, rng.randrange(1, 200)))
+            elif op == "removexattr":
+                os.removexattr(os.path.join(root, rng.choice(files)), "user.x%d" % rng.randrange(3))
+            elif op == "fsync":
+                fsync_path(os.path.join(root, rng.choice(files)))
+            elif op == "fsync_dir":
+                fsync_path(os.path.join(root, rng.choice(dirs)))
+        except OSError:
+            pass  # e.g. removexattr of an absent name: the same on every run of the seed
+    rel = rel_new("")
+    write_file(os.path.join(root, rel), rbytes(rng, 4000), fsync=True)
+
+
+def base_random(root, rng):
+    for i in range(8):
+        write_file(os.path.join(root, "b%d" % i), rbytes(rng, rng.choice([100, 4096, 50000, 400000])))
+    os.mkdir(os.path.join(root, "bd"))
+    write_file(os.path.join(root, "bd", "inner"), rbytes(rng, 6000))
+
+
+def logged_random_with_base(root, rng):
+    # the committed files take part in the random changes too
+    logged_random(root, rng)
+
+
+SCENARIOS = {
+    "files": Scenario("files", base_files, logged_files),
+    "overwrite": Scenario("overwrite", base_overwrite, logged_overwrite),
+    "names": Scenario("names", base_names, logged_names),
+    "xattrs": Scenario("xattrs", base_xattrs, logged_xattrs),
+    "random": Scenario("random", base_random, logged_random_with_base),
+    "one": Scenario("one", base_files, lambda root, rng: write_file(os.path.join(root, "new"), rbytes(rng, 70000),
+                                                                    fsync=True)),
+}
+
+
+def make_log_image(tmp, scenario, seed, mkfs_opts=()):
+    """The kernel's image right after the scenario's last fsync (a copy taken before any commit), and the time
+    (ns) before the copy: every change of the scenario is older, every replay's "now" newer."""
+    img = os.path.join(tmp, "kernel.img")
+    copy = os.path.join(tmp, "log.img")
+    mkfs(img, list(mkfs_opts))
+    rng = random.Random(seed)
+    with mounts.kernel_mount(img, options="rw,commit=300") as k:
+        scenario.base(k.path, rng)
+        os.sync()
+        scenario.logged(k.path, rng)
+        when = time.time_ns()
+        p = run(["dd", "if=" + img, "of=" + copy, "bs=1M", "iflag=direct", "conv=sparse", "status=none"])
+        assert p.returncode == 0, p.stderr
+    os.unlink(img)
+    assert log_root(copy), ("scenario %s seed %d: the kernel committed before the copy, so there is no log tree "
+                            "to replay" % (scenario.name, seed))
+    time.sleep(0.05)  # replays happen strictly after `when`, even with a coarse kernel clock
+    return copy, when
+
+
+def kernel_replay_manifest(tmp, copy):
+    """The oracle: what the kernel shows after replaying an identical copy."""
+    kimg = os.path.join(tmp, "oracle.img")
+    copy_sparse(copy, kimg)
+    with mounts.kernel_mount(kimg, options="rw") as k:
+        man = treecmp.walk(k.path)
+    os.unlink(kimg)
+    return man
+
+
+def assert_same(expected, got, what, ctx, when):
+    diffs = treecmp.compare(expected, got, ignore=IGNORE, labels=("kernel-replay", what))
+    assert not diffs, "%s: %s differs from the kernel's replay (%d differences; log copied at %d):\n%s" % (
+        ctx, what, len(diffs), when, "\n".join(diffs[:40]))
+
+
+def replay_and_verify(tmp, copy, when, ctx, binary=BIN):
+    expected = kernel_replay_manifest(tmp, copy)
+    with mounts.fuse_mount(binary, copy, options="rw") as m:
+        got = treecmp.walk(m.path)
+        text = m.stderr_text()
+    assert "log tree replayed" in text, "%s: no replay message:\n%s" % (ctx, text)
+    assert not hostile.sanitizer_lines(m.stderr_text()), "%s: sanitizer report:\n%s" % (ctx, m.stderr_text())
+    assert_same(expected, got, "btrfs-fuse's replay", ctx, when)
+    assert log_root(copy) == 0, "%s: the superblock still names a log tree after the replay" % ctx
+    check(copy, "the replay (%s)" % ctx)
+    marker = mounts.dmesg_marker()
+    with mounts.kernel_mount(copy, options="rw") as k:
+        again = treecmp.walk(k.path)
+        loops = list(k.loops)
+    errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
+    assert not errs, "%s: kernel messages mounting the replayed image:\n%s" % (ctx, "\n".join(errs))
+    assert_same(expected, again, "the kernel's view of btrfs-fuse's replay", ctx, when)
+
+
+# ---------------------------------------------------------------- tests
+
+CASES = [
+    ("files", 1, ()),
+    ("overwrite", 2, ()),
+    ("names", 3, ()),
+    ("xattrs", 4, ()),
+    ("names", 5, ("-O", "^no-holes")),
+    ("overwrite", 6, ("-O", "^no-holes", "--csum", "xxhash")),
+    ("random", 11, ()),
+    ("random", 12, ("-O", "^no-holes")),
+    ("random", 13, ("-m", "single", "--csum", "sha256")),
+]
+
+
+@pytest.mark.parametrize("name,seed,opts", CASES,
+                         ids=["%s-seed%d%s" % (n, s, "".join(o).replace("-", "_")) for n, s, o in CASES])
+def test_replay_matches_kernel(tmp, name, seed, opts):
+    ctx = "scenario %s, seed %d, mkfs %s" % (name, seed, " ".join(opts) or "defaults")
+    copy, when = make_log_image(tmp, SCENARIOS[name], seed, opts)
+    replay_and_verify(tmp, copy, when, ctx)
+
+
+def test_read_only_mount_shows_last_commit(tmp):
+    copy, _ = make_log_image(tmp, SCENARIOS["one"], 21)
+    before = sha256(copy)
+    with mounts.fuse_mount(BIN, copy) as m:
+        names = sorted(os.listdir(m.path))
+        text = m.stderr_text()
+    assert names == ["d"], "the read-only mount should show the last commit only, got %s" % names
+    assert "log tree" in text and "-o rw" in text, "no warning about the log:\n%s" % text
+    assert sha256(copy) == before, "a read-only mount changed the image"
+    assert log_root(copy), "a read-only mount dropped the log"
+
+
+def log_leaf_copies(img):
+    """(logical, [(devid, physical)...]) of the first subvolume log tree's root block."""
+    out = hostile.dump_tree([img], "-b", str(log_root(img)))
+    m = re.search(r"key \(TREE_LOG ROOT_ITEM \d+\).*?bytenr (\d+)", out, re.S)
+    assert m, "no log root item in:\n%s" % out
+    logical = int(m.group(1))
+    return logical, hostile.map_logical(hostile.chunk_map([img]), logical)
+
+
+def refused(tmp, copy, ctx):
+    """Mount -o rw must fail with a clear message, leaving the image as it was."""
+    before = sha256(copy)
+    binary = ASAN if os.access(ASAN, os.X_OK) else BIN
+    mp = tempfile.mkdtemp(prefix="btrfs-fmnt-", dir=tmp)
+    p = run([binary, "-f", "-o", "rw", copy, mp])
+    os.rmdir(mp)
+    text = p.stdout + p.stderr
+    assert p.returncode != 0, "%s: the mount should be refused:\n%s" % (ctx, text)
+    assert not hostile.sanitizer_lines(text), "%s: sanitizer report:\n%s" % (ctx, text)
+    assert "log" in text and "log block" in text and "zero-log" in text, "%s: unclear message:\n%s" % (ctx, text)
+    assert sha256(copy) == before, "%s: the refused mount changed the image" % ctx
+    return text
+
+
+def test_damaged_log_block_is_refused(tmp):
+    copy, _ = make_log_image(tmp, SCENARIOS["one"], 31)
+    logical, copies = log_leaf_copies(copy)
+    for _dev, phys in copies:  # every mirror, or the read would repair from the other
+        hostile.flip_bytes(copy, phys + 200, 8)
+    text = refused(tmp, copy, "log block %d damaged" % logical)
+    assert str(logical) in text, text
+
+
+def test_nonsense_log_item_is_refused(tmp):
+    """A log leaf whose checksum is right but whose file extent names a data extent outside every block group."""
+    copy, _ = make_log_image(tmp, SCENARIOS["one"], 32)
+    logical, copies = log_leaf_copies(copy)
+    nodesize = hostile.read_super(copy)["nodesize"]
+    for _dev, phys in copies:
+        blk = bytearray(hostile.read_at(copy, phys, nodesize))
+        assert blk[100] == 0, "the log tree of block %d is not a single leaf" % logical
+        nritems = struct.unpack_from("<I", blk, 96)[0]
+        patched = False
+        for i in range(nritems):
+            off = 101 + i * 25
+            _obj, typ, _koff, ioff, isize = struct.unpack_from("<QBQII", blk, off)
+            if typ == 108 and isize >= 53 and blk[101 + ioff + 20] != 0:  # a regular EXTENT_DATA item
+                struct.pack_into("<Q", blk, 101 + ioff + 21, (1 << 62) + 4096 * i)
+                patched = True
+        assert patched, "no regular file extent item in log leaf %d" % logical
+        hostile.fix_csum(blk)
+        hostile.write_at(copy, phys, bytes(blk))
+    text = refused(tmp, copy, "nonsense file extent in log block %d" % logical)
+    assert "data extent" in text, text
