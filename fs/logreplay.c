@@ -761,31 +761,31 @@ static int ref_not_logged(struct rctx *c, const struct bf_key *key, uint64_t par
 	uint8_t *data;
 	uint32_t size, pos = 0;
 	struct ref_rec rec;
+	bool found = false;
 	int r = fs_item_get(c, key, &data, &size);
 
 	if (r)
 		return r;
-	while ((r = ref_next(key, data, size, &pos, &rec)) == 1) {
+	while (!found && (r = ref_next(key, data, size, &pos, &rec)) == 1) {
 		if (key->type == BF_INODE_EXTREF_KEY && rec.parent != parent)
 			continue;
 		struct bf_key lk = *key;
 		if (key->type == BF_INODE_EXTREF_KEY)
 			lk.offset = extref_hash(rec.parent, rec.name, rec.len);
 		r = backref_in_log(c, &lk, rec.parent, rec.name, rec.len);
-		if (r <= 0) {
-			if (r == 0) {
-				*out = rec;
-				memcpy(buf, rec.name, rec.len);
-				out->name = buf;
-			}
+		if (r < 0)
 			break;
+		if (r == 0) {
+			*out = rec;
+			memcpy(buf, rec.name, rec.len);
+			out->name = buf;
+			found = true;
 		}
 	}
 	free(data);
-	if (r < 0 && r != -EUCLEAN)
-		return r;
-	return r == -EUCLEAN ? bf_corrupt(c->subvol, key->objectid, key, "back reference record crosses its item end")
-			     : r == 0 ? 0 : 1;
+	if (r == -EUCLEAN)
+		return bf_corrupt(c->subvol, key->objectid, key, "back reference record crosses its item end");
+	return r < 0 ? r : found ? 0 : 1;
 }
 
 /* Does the subvolume's extref item at key hold (parent, name)? 1 yes, 0 no. */

@@ -228,8 +228,8 @@ def logged_random(root, rng, nops=120):
     def rel_new(parent):
         return os.path.join(parent, "n%d" % rng.randrange(10 ** 6))
 
-    ops = ["create", "create", "write", "write", "append", "truncate", "rename", "link", "unlink", "mkdir",
-           "setxattr", "removexattr", "fsync", "fsync", "fsync_dir"]
+    ops = ["create", "create", "write", "write", "append", "truncate", "rename", "rename_over", "link", "unlink",
+           "mkdir", "rmdir", "rename_dir", "symlink", "setxattr", "removexattr", "fsync", "fsync", "fsync_dir"]
     for _ in range(nops):
         op = rng.choice(ops)
         try:
@@ -252,6 +252,24 @@ def logged_random(root, rng, nops=120):
                 new = rel_new(rng.choice(dirs))
                 os.rename(os.path.join(root, rel), os.path.join(root, new))
                 files = [new if f == rel else f for f in files]
+            elif op == "rename_over" and len(files) > 1:
+                a, b = rng.sample(files, 2)
+                os.rename(os.path.join(root, a), os.path.join(root, b))
+                files.remove(a)
+                if os.path.exists(os.path.join(root, a)):
+                    files.append(a)  # a and b were hard links of one inode: rename did nothing
+            elif op == "rmdir" and len(dirs) > 1:
+                rel = rng.choice(dirs[1:])
+                os.rmdir(os.path.join(root, rel))  # fails (ENOTEMPTY) unless empty
+                dirs.remove(rel)
+            elif op == "rename_dir" and len(dirs) > 1:
+                rel = rng.choice(dirs[1:])
+                new = rel_new(rng.choice(dirs))
+                os.rename(os.path.join(root, rel), os.path.join(root, new))  # EINVAL into itself
+                dirs = [new + d[len(rel):] if d == rel or d.startswith(rel + "/") else d for d in dirs]
+                files = [new + f[len(rel):] if f.startswith(rel + "/") else f for f in files]
+            elif op == "symlink":
+                os.symlink("t" * rng.randrange(1, 300), os.path.join(root, rel_new(rng.choice(dirs))))
             elif op == "link":
                 new = rel_new(rng.choice(dirs))
                 os.link(os.path.join(root, rng.choice(files)), os.path.join(root, new))
@@ -360,6 +378,7 @@ def replay_and_verify(tmp, copy, when, ctx, binary=BIN):
 
 # ---------------------------------------------------------------- tests
 
+SOAK = os.environ.get("BTRFS_FUSE_SOAK") == "1"
 CASES = [
     ("files", 1, ()),
     ("overwrite", 2, ()),
@@ -370,7 +389,8 @@ CASES = [
     ("random", 11, ()),
     ("random", 12, ("-O", "^no-holes")),
     ("random", 13, ("-m", "single", "--csum", "sha256")),
-]
+] + ([("random", seed, opts) for seed in range(100, 140)
+      for opts in ((), ("-O", "^no-holes"), ("-n", "4096"))] if SOAK else [])
 
 
 @pytest.mark.parametrize("name,seed,opts", CASES,
