@@ -200,6 +200,39 @@ def logged_names(root, rng):
     fsync_path(root)
 
 
+def base_prealloc(root, rng):
+    write_file(os.path.join(root, "p2"), rbytes(rng, 70000))
+
+
+def logged_prealloc(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    fd = os.open(p("p1"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, 1 << 20)                                 # prealloc, then part of it written
+        os.pwrite(fd, rbytes(rng, 10000), 200000)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    p_ = run(["fallocate", "-n", "-o", "0", "-l", str(3 << 20), p("p2")])  # prealloc past EOF (keep size)
+    assert p_.returncode == 0, p_.stderr
+    fsync_path(p("p2"))
+
+
+def base_subvol(root, rng):
+    p_ = run(["btrfs", "subvolume", "create", os.path.join(root, "sv")])
+    assert p_.returncode == 0, p_.stderr
+    write_file(os.path.join(root, "sv", "committed"), rbytes(rng, 9000))
+    write_file(os.path.join(root, "top"), rbytes(rng, 100))
+
+
+def logged_subvol(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    write_file(p("sv", "new"), rbytes(rng, 50000), fsync=True)             # the subvolume's own log tree
+    os.link(p("sv", "committed"), p("sv", "hard"))
+    fsync_path(p("sv", "committed"))
+    write_file(p("top"), rbytes(rng, 30000), off=100, fsync=True)          # and subvolume 5's
+
+
 def base_xattrs(root, rng):
     p = lambda *a: os.path.join(root, *a)  # noqa: E731
     os.mkdir(p("dx"))
@@ -293,8 +326,10 @@ def logged_random(root, rng, nops=120):
                 fsync_path(os.path.join(root, rng.choice(dirs)))
         except OSError:
             pass  # e.g. removexattr of an absent name: the same on every run of the seed
-    rel = rel_new("")
-    write_file(os.path.join(root, rel), rbytes(rng, 4000), fsync=True)
+    # Some changes (a directory renamed, say) make the kernel's next fsync a full commit for the rest of the
+    # transaction; the first fsync below then commits, and the second one is logged in the next transaction.
+    for _ in range(2):
+        write_file(os.path.join(root, rel_new("")), rbytes(rng, 4000), fsync=True)
 
 
 def base_random(root, rng):
@@ -315,19 +350,21 @@ SCENARIOS = {
     "names": Scenario("names", base_names, logged_names),
     "xattrs": Scenario("xattrs", base_xattrs, logged_xattrs),
     "random": Scenario("random", base_random, logged_random_with_base),
+    "prealloc": Scenario("prealloc", base_prealloc, logged_prealloc),
+    "subvol": Scenario("subvol", base_subvol, logged_subvol),
     "one": Scenario("one", base_files, lambda root, rng: write_file(os.path.join(root, "new"), rbytes(rng, 70000),
                                                                     fsync=True)),
 }
 
 
-def make_log_image(tmp, scenario, seed, mkfs_opts=()):
+def make_log_image(tmp, scenario, seed, mkfs_opts=(), mount_opts=""):
     """The kernel's image right after the scenario's last fsync (a copy taken before any commit), and the time
     (ns) before the copy: every change of the scenario is older, every replay's "now" newer."""
     img = os.path.join(tmp, "kernel.img")
     copy = os.path.join(tmp, "log.img")
     mkfs(img, list(mkfs_opts))
     rng = random.Random(seed)
-    with mounts.kernel_mount(img, options="rw,commit=300") as k:
+    with mounts.kernel_mount(img, options="rw,commit=300" + (("," + mount_opts) if mount_opts else "")) as k:
         scenario.base(k.path, rng)
         os.sync()
         scenario.logged(k.path, rng)
@@ -379,25 +416,32 @@ def replay_and_verify(tmp, copy, when, ctx, binary=BIN):
 # ---------------------------------------------------------------- tests
 
 SOAK = os.environ.get("BTRFS_FUSE_SOAK") == "1"
+# (scenario, seed, mkfs options, kernel mount options)
 CASES = [
-    ("files", 1, ()),
-    ("overwrite", 2, ()),
-    ("names", 3, ()),
-    ("xattrs", 4, ()),
-    ("names", 5, ("-O", "^no-holes")),
-    ("overwrite", 6, ("-O", "^no-holes", "--csum", "xxhash")),
-    ("random", 11, ()),
-    ("random", 12, ("-O", "^no-holes")),
-    ("random", 13, ("-m", "single", "--csum", "sha256")),
-] + ([("random", seed, opts) for seed in range(100, 140)
-      for opts in ((), ("-O", "^no-holes"), ("-n", "4096"))] if SOAK else [])
+    ("files", 1, (), ""),
+    ("overwrite", 2, (), ""),
+    ("names", 3, (), ""),
+    ("xattrs", 4, (), ""),
+    ("names", 5, ("-O", "^no-holes"), ""),
+    ("overwrite", 6, ("-O", "^no-holes", "--csum", "xxhash"), ""),
+    ("files", 7, (), "compress=zstd"),
+    ("prealloc", 8, (), ""),
+    ("subvol", 9, (), ""),
+    ("random", 11, (), ""),
+    ("random", 12, ("-O", "^no-holes"), ""),
+    ("random", 13, ("-m", "single", "--csum", "sha256"), ""),
+    ("random", 14, ("-n", "4096"), "compress=lzo"),
+] + ([("random", seed, opts, mo) for seed in range(100, 140)
+      for opts, mo in (((), ""), (("-O", "^no-holes"), ""), (("-n", "4096"), "compress=zstd"))] if SOAK else [])
 
 
-@pytest.mark.parametrize("name,seed,opts", CASES,
-                         ids=["%s-seed%d%s" % (n, s, "".join(o).replace("-", "_")) for n, s, o in CASES])
-def test_replay_matches_kernel(tmp, name, seed, opts):
-    ctx = "scenario %s, seed %d, mkfs %s" % (name, seed, " ".join(opts) or "defaults")
-    copy, when = make_log_image(tmp, SCENARIOS[name], seed, opts)
+@pytest.mark.parametrize("name,seed,opts,mount_opts", CASES,
+                         ids=["%s-seed%d%s%s" % (n, s, "".join(o).replace("-", "_"), "-" + m if m else "")
+                              for n, s, o, m in CASES])
+def test_replay_matches_kernel(tmp, name, seed, opts, mount_opts):
+    ctx = "scenario %s, seed %d, mkfs %s, kernel mount %s" % (name, seed, " ".join(opts) or "defaults",
+                                                               mount_opts or "defaults")
+    copy, when = make_log_image(tmp, SCENARIOS[name], seed, opts, mount_opts)
     replay_and_verify(tmp, copy, when, ctx)
 
 
