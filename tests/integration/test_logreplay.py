@@ -455,6 +455,14 @@ def test_read_only_mount_shows_last_commit(tmp):
     assert "log tree" in text and "-o rw" in text, "no warning about the log:\n%s" % text
     assert sha256(copy) == before, "a read-only mount changed the image"
     assert log_root(copy), "a read-only mount dropped the log"
+    # nologreplay, as with the kernel: fine read-only, refused read-write
+    with mounts.fuse_mount(BIN, copy, options="ro,nologreplay") as m:
+        assert sorted(os.listdir(m.path)) == ["d"]
+    mp = tempfile.mkdtemp(prefix="btrfs-fmnt-", dir=tmp)
+    p = run([BIN, "-f", "-o", "rw,nologreplay", copy, mp])
+    os.rmdir(mp)
+    assert p.returncode != 0 and "nologreplay needs a read-only mount" in p.stderr, p.stdout + p.stderr
+    assert sha256(copy) == before, "a refused mount changed the image"
 
 
 def log_leaf_copies(img):
