@@ -519,3 +519,54 @@ def test_nonsense_log_item_is_refused(tmp):
         hostile.write_at(copy, phys, bytes(blk))
     text = refused(tmp, copy, "nonsense file extent in log block %d" % logical)
     assert "data extent" in text, text
+
+
+def log_blocks(img):
+    """Every block of the log root tree and of the log trees it names: hostile's block list format."""
+    chunks = hostile.chunk_map([img])
+    roots = [log_root(img)]
+    out = hostile.dump_tree([img], "-b", str(roots[0]))
+    roots += [int(b) for b in re.findall(r"key \(TREE_LOG ROOT_ITEM \d+\).*?bytenr (\d+)", out, re.S)]
+    blocks = []
+    for r in roots:
+        text = hostile.dump_tree([img], "-b", str(r), "--follow")
+        for kind, logical, level in re.findall(r"^(leaf|node) (\d+) (?:level (\d+) )?items", text, re.M):
+            blocks.append({"logical": int(logical), "level": int(level or 0), "owner": "TREE_LOG",
+                           "copies": hostile.map_logical(chunks, int(logical))})
+    return blocks
+
+
+FUZZ_COUNT = int(os.environ.get("BTRFS_FUSE_LOGFUZZ_COUNT", "120" if SOAK else "24"))
+
+
+def test_damaged_logs_never_crash(tmp):
+    """Seeded damage to log blocks (bytes, headers, item headers, payloads and fields, checksums fixed or not):
+    the read-write mount either replays and works, or is refused with a message naming the log; never a crash, a
+    hang or a sanitizer report (the ASan+UBSan build when it is there); a refused mount leaves the image as it
+    was."""
+    base, _ = make_log_image(tmp, SCENARIOS["random"], 41, ("-n", "4096"))  # small nodes: a log with nodes
+    blocks = log_blocks(base)
+    meta = {"nodesize": hostile.read_super(base)["nodesize"], "blocks": blocks}
+    binary = ASAN if os.access(ASAN, os.X_OK) else BIN
+    failures = []
+    outcomes = {"mounted": 0, "refused": 0}
+    for case in range(FUZZ_COUNT):
+        img = os.path.join(tmp, "fuzz.img")
+        copy_sparse(base, img)
+        what = hostile._mut_tree_block(random.Random(1000 + case), meta, img)
+        before = sha256(img)
+        v = hostile.run_image(binary, [img], options="rw", timeout=60)
+        ctx = "case %d (seed %d): %s" % (case, 1000 + case, what)
+        if v.failed:
+            failures.append(v.report(ctx))
+        elif v.status == "refused":
+            if "zero-log" not in v.output and "log tree" not in v.output:
+                failures.append("%s: refused without naming the log:\n%s" % (ctx, v.output[-3000:]))
+            elif sha256(img) != before:
+                failures.append("%s: the refused mount changed the image" % ctx)
+        outcomes[v.status] = outcomes.get(v.status, 0) + 1
+        os.unlink(img)
+    assert not failures, "%d of %d damaged logs went wrong:\n%s" % (len(failures), FUZZ_COUNT,
+                                                                     "\n\n".join(failures[:5]))
+    print("damaged logs: %s" % outcomes)
+
