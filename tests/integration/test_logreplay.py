@@ -521,6 +521,22 @@ def test_nonsense_log_item_is_refused(tmp):
     assert "data extent" in text, text
 
 
+def test_empty_log_is_cleared(tmp):
+    """A log root tree that names no log tree: nothing to replay, but the commit still clears log_root."""
+    copy, _ = make_log_image(tmp, SCENARIOS["one"], 33)
+    logical = log_root(copy)
+    nodesize = hostile.read_super(copy)["nodesize"]
+    for _dev, phys in hostile.map_logical(hostile.chunk_map([copy]), logical):
+        blk = bytearray(hostile.read_at(copy, phys, nodesize))
+        struct.pack_into("<I", blk, 96, 0)  # nritems
+        hostile.fix_csum(blk)
+        hostile.write_at(copy, phys, bytes(blk))
+    with mounts.fuse_mount(BIN, copy, options="rw") as m:
+        assert sorted(os.listdir(m.path)) == ["d"]
+    assert log_root(copy) == 0, "the superblock still names the (empty) log"
+    check(copy, "replaying an empty log")
+
+
 def log_blocks(img):
     """Every block of the log root tree and of the log trees it names: hostile's block list format."""
     chunks = hostile.chunk_map([img])
@@ -559,6 +575,8 @@ def test_damaged_logs_never_crash(tmp):
         ctx = "case %d (seed %d): %s" % (case, 1000 + case, what)
         if v.failed:
             failures.append(v.report(ctx))
+        elif v.status == "mounted" and log_root(img):
+            failures.append("%s: replayed, but the superblock still names the log" % ctx)
         elif v.status == "refused":
             if "zero-log" not in v.output and "log tree" not in v.output:
                 failures.append("%s: refused without naming the log:\n%s" % (ctx, v.output[-3000:]))
