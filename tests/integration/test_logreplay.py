@@ -233,6 +233,40 @@ def logged_subvol(root, rng):
     write_file(p("top"), rbytes(rng, 30000), off=100, fsync=True)          # and subvolume 5's
 
 
+def base_replace(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    os.mkdir(p("r"))
+    write_file(p("r", "src"), rbytes(rng, 7000))
+    write_file(p("r", "victim"), rbytes(rng, 300))   # the highest inode number
+
+
+def logged_replace(root, rng):
+    """The file a rename replaces is logged as existing with no links, and is the last inode of the log."""
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    write_file(p("r", "src"), rbytes(rng, 5000), off=7000)
+    os.rename(p("r", "src"), p("r", "victim"))
+    fsync_path(p("r", "victim"))
+
+
+def base_links(root, rng):
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    os.mkdir(p("h"))
+    write_file(p("h", "f"), rbytes(rng, 3000))
+    for i in range(20):
+        os.link(p("h", "f"), p("h", "old-link-%03d" % i))
+
+
+def logged_links(root, rng):
+    """Many names of one inode in one directory (a long INODE_REF item; an inode with INODE_EXTREFs makes the
+    kernel's fsync a full commit, so no kernel log holds extrefs)."""
+    p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    for i in range(0, 20, 4):
+        os.unlink(p("h", "old-link-%03d" % i))
+    for i in range(120):
+        os.link(p("h", "f"), p("h", "new-link-%03d-%s" % (i, "n" * 50)))
+    fsync_path(p("h", "f"))
+
+
 def base_xattrs(root, rng):
     p = lambda *a: os.path.join(root, *a)  # noqa: E731
     os.mkdir(p("dx"))
@@ -351,6 +385,8 @@ SCENARIOS = {
     "xattrs": Scenario("xattrs", base_xattrs, logged_xattrs),
     "random": Scenario("random", base_random, logged_random_with_base),
     "prealloc": Scenario("prealloc", base_prealloc, logged_prealloc),
+    "replace": Scenario("replace", base_replace, logged_replace),
+    "links": Scenario("links", base_links, logged_links),
     "subvol": Scenario("subvol", base_subvol, logged_subvol),
     "one": Scenario("one", base_files, lambda root, rng: write_file(os.path.join(root, "new"), rbytes(rng, 70000),
                                                                     fsync=True)),
@@ -427,6 +463,9 @@ CASES = [
     ("files", 7, (), "compress=zstd"),
     ("prealloc", 8, (), ""),
     ("subvol", 9, (), ""),
+    ("replace", 10, (), ""),
+    ("links", 15, (), ""),
+    ("random", 16, ("--mixed",), ""),
     ("random", 11, (), ""),
     ("random", 12, ("-O", "^no-holes"), ""),
     ("random", 13, ("-m", "single", "--csum", "sha256"), ""),
