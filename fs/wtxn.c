@@ -276,7 +276,9 @@ int bf_fs_write_open(struct bf_fs *fs, const struct bf_fs_opts *o, char *err, si
 	fs->fi->log_replay = true; /* bf_log_replay below, before anything else changes */
 	r = bf_journal_open(fs->fi, &hooks, o->commit_interval, why, sizeof(why));
 	if (r == -EROFS) {
-		bf_log(BF_LOG_WARN, "%s: mounting read-only: %s", o->open.paths[0], why);
+		bf_log(BF_LOG_WARN, "%s: mounting read-only: %s%s", o->open.paths[0], why,
+		       fs->fi->log_root ? "; its log tree (changes fsynced after the last commit) is not replayed, so "
+					  "this mount shows the last commit without them" : "");
 		nstate_free(fs);
 		return 0;
 	}
