@@ -61,8 +61,7 @@ struct rctx {
 	uint64_t block;        /* the log block being read or replayed (for messages) */
 	struct bf_key key;     /* the log item being replayed */
 	bool have_key;
-	bool ignoring;         /* items of ignore_ino are skipped: it was logged with no links (a tmpfile) */
-	uint64_t ignore_ino;
+	bool ignoring;         /* the last inode item had no links: its items (all until the next one) are skipped */
 	char why[384];         /* the first failure */
 };
 
@@ -687,7 +686,8 @@ static int replay_one_name(struct rctx *c, const struct bf_key *key, const struc
 	uint64_t dir = key->objectid, ino = rec->location.objectid;
 	struct bf_key dkey = { dir, BF_DIR_ITEM_KEY, bf_name_hash(rec->name, rec->name_len) };
 	struct bf_key rkey = { ino, BF_INODE_REF_KEY, dir };
-	struct bf_key xkey = { ino, BF_INODE_EXTREF_KEY, extref_hash(dir, rec->name, rec->name_len) };
+	/* sic: the kernel's replay_one_name looks for the extref at offset dir, not at the name's hash */
+	struct bf_key xkey = { ino, BF_INODE_EXTREF_KEY, dir };
 	struct bf_dir_rec found;
 	char buf[BF_NAME_LEN];
 	int err, matches = 0, r;
@@ -846,8 +846,8 @@ static int ref_conflicts(struct rctx *c, uint64_t parent, uint64_t ino, uint64_t
 	return 0;
 }
 
-/* Names of the subvolume's back reference item at key that the logged item lacks: unlink them. -ENOENT if the
-   directory of one does not exist (the kernel then leaves the item as it is). */
+/* Names of the subvolume's back reference item at key that the logged item lacks: unlink them (unlink_old_inode_refs;
+   the directory of each must exist). */
 static int unlink_old_refs(struct rctx *c, const struct bf_key *key, const uint8_t *logged, uint32_t lsize)
 {
 	uint8_t *data;
@@ -878,7 +878,8 @@ static int unlink_old_refs(struct rctx *c, const struct bf_key *key, const uint8
 		memcpy(name, rec.name, rec.len);
 		free(data);
 		if (!ino_exists(c, rec.parent, &err))
-			return err ? err : -ENOENT;
+			return err ? err : fail(c, -EUCLEAN, "directory %" PRIu64 " of the name '%.*s' to unlink does not "
+						"exist", rec.parent, (int)rec.len, name);
 		if ((r = unlink_name(c, rec.parent, key->objectid, name, rec.len)) != 0)
 			return r;
 	}
@@ -894,8 +895,10 @@ static int add_inode_ref(struct rctx *c, const struct bf_key *key, const uint8_t
 	/* the first name's directory may not have been logged: then the fixup counts what is there */
 	if ((r = ref_next(key, data, size, &pos, &rec)) != 1)
 		return r < 0 ? corrupt(c, "back reference record crosses its item end") : 0;
-	if (!ino_exists(c, rec.parent, &err) || !ino_exists(c, ino, &err))
-		return err ? err : -ENOENT;
+	if (!ino_exists(c, rec.parent, &err))
+		return err;
+	if (!ino_exists(c, ino, &err))
+		return err ? err : fail(c, -EUCLEAN, "inode %" PRIu64 " of a logged back reference does not exist", ino);
 	for (pos = 0; (r = ref_next(key, data, size, &pos, &rec)) == 1;) {
 		if (!ino_exists(c, rec.parent, &err)) {
 			if (err)
@@ -1106,12 +1109,11 @@ static int replay_item(struct rctx *c, const struct bf_key *k, const uint8_t *da
 			return corrupt(c, "inode item of the wrong size");
 		const struct bf_inode_item *ii = (const void *)data;
 		c->ignoring = get32(ii->nlink) == 0;
-		c->ignore_ino = k->objectid;
 		if (!c->ignoring && c->stage == STAGE_INODES)
 			return replay_inode(c, k->objectid, ii);
 		return 0;
 	}
-	if (c->ignoring && k->objectid == c->ignore_ino)
+	if (c->ignoring) /* a tmpfile, or an inode unlinked while open: the parent's replay deletes it */
 		return 0;
 	if (k->type == BF_DIR_INDEX_KEY && c->stage == STAGE_DIR_INDEX)
 		return replay_dir_index(c, k, data, size);
@@ -1129,10 +1131,8 @@ static int replay_item(struct rctx *c, const struct bf_key *k, const uint8_t *da
 		return r < 0 ? corrupt(c, why) : fs_item_put(c, k, data, size);
 	}
 	case BF_INODE_REF_KEY:
-	case BF_INODE_EXTREF_KEY: {
-		int r = add_inode_ref(c, k, data, size);
-		return r == -ENOENT ? 0 : r;
-	}
+	case BF_INODE_EXTREF_KEY:
+		return add_inode_ref(c, k, data, size);
 	case BF_EXTENT_DATA_KEY:
 		return replay_extent(c, k, data, size);
 	default:
@@ -1277,7 +1277,6 @@ static int replay_root(struct rctx *c, const struct logroot *lr)
 
 	c->subvol = lr->subvol;
 	c->log = lr->root;
-	c->ignoring = false;
 	if (c->stage == STAGE_PIN)
 		return walk_tree(c, &c->log, true, pin_leaf);
 	if (!bf_is_fs_tree(lr->subvol))
