@@ -303,9 +303,9 @@ static int link_to_fixup(struct rctx *c, uint64_t ino)
 }
 
 /* Remove the name (directory dir) of inode ino: directory entry, index and back reference; the directory shrinks
-   and the inode loses a link. Times stay as the log and the last commit set them (the kernel's replay leaves
-   them too: its result is the oracle). */
-static int unlink_name(struct rctx *c, uint64_t dir, uint64_t ino, const char *name, size_t len)
+   and, with drop_link, the inode loses a link (where the kernel first adds one, it keeps its count). Times stay as
+   the log and the last commit set them (the kernel's replay leaves them too: its result is the oracle). */
+static int unlink_name(struct rctx *c, uint64_t dir, uint64_t ino, const char *name, size_t len, bool drop_link)
 {
 	struct bf_wino d, w;
 	struct bf_timespec mtime, ctime;
@@ -332,7 +332,7 @@ static int unlink_name(struct rctx *c, uint64_t dir, uint64_t ino, const char *n
 		return r;
 	d.ii.mtime = mtime;
 	d.ii.ctime = ctime;
-	if (get32(w.ii.nlink))
+	if (drop_link && get32(w.ii.nlink))
 		put32(&w.ii.nlink, get32(w.ii.nlink) - 1);
 	bf_inode_inc_seq(&w.ii);
 	w.dirty = true;
@@ -377,7 +377,7 @@ static int drop_entry(struct rctx *c, uint64_t dir, const struct bf_dir_rec *rec
 		return fail(c, -EOPNOTSUPP, "the log replaces the subvolume entry '%.*s' in directory %" PRIu64
 			    ", which btrfs-fuse cannot replay", (int)rec->name_len, rec->name, dir);
 	r = link_to_fixup(c, rec->location.objectid);
-	return r ? r : unlink_name(c, dir, rec->location.objectid, rec->name, rec->name_len);
+	return r ? r : unlink_name(c, dir, rec->location.objectid, rec->name, rec->name_len, true);
 }
 
 /* ================= directory deletions (replay_dir_deletes, find_dir_range, check_item_in_log) ============= */
@@ -473,7 +473,7 @@ static int check_entry_in_log(struct rctx *c, uint64_t dir, uint64_t off, const 
 		return fail(c, -EOPNOTSUPP, "the log deletes the subvolume entry '%.*s' of directory %" PRIu64
 			    ", which btrfs-fuse cannot replay", (int)rec->name_len, rec->name, dir);
 	r = link_to_fixup(c, rec->location.objectid);
-	return r ? r : unlink_name(c, dir, rec->location.objectid, rec->name, rec->name_len);
+	return r ? r : unlink_name(c, dir, rec->location.objectid, rec->name, rec->name_len, false);
 }
 
 /* Unlink the entries of directory dir that lie in a range the log is authoritative for but are not in the log;
@@ -700,6 +700,8 @@ static int replay_one_name(struct rctx *c, const struct bf_key *key, const struc
 		return err;
 	for (int i = 0; i < 2; i++) {
 		r = dir_lookup(c, c->tree, i ? key : &dkey, rec->name, rec->name_len, &found, buf);
+		if (r > 0)
+			continue; /* no entry under that name / index */
 		if (r == 0)
 			r = conflicting_entry(c, dir, &found, rec, exists);
 		if (r < 0)
@@ -824,12 +826,12 @@ static int ref_conflicts(struct rctx *c, uint64_t parent, uint64_t ino, uint64_t
 	if (ino == parent)
 		return 1;
 	while ((r = ref_not_logged(c, &rkey, parent, &victim, buf)) == 0)
-		if ((r = unlink_name(c, parent, ino, victim.name, victim.len)) != 0)
+		if ((r = unlink_name(c, parent, ino, victim.name, victim.len, false)) != 0)
 			return r;
 	/* extrefs only matter when the subvolume has the logged name as one */
 	while (r > 0 && (r = extref_has(c, &xkey, parent, name, len)) > 0) {
 		r = ref_not_logged(c, &xkey, parent, &victim, buf);
-		if (r == 0 && (r = unlink_name(c, parent, ino, victim.name, victim.len)) == 0)
+		if (r == 0 && (r = unlink_name(c, parent, ino, victim.name, victim.len, false)) == 0)
 			r = 1;
 		else if (r > 0)
 			break;
@@ -880,7 +882,7 @@ static int unlink_old_refs(struct rctx *c, const struct bf_key *key, const uint8
 		if (!ino_exists(c, rec.parent, &err))
 			return err ? err : fail(c, -EUCLEAN, "directory %" PRIu64 " of the name '%.*s' to unlink does not "
 						"exist", rec.parent, (int)rec.len, name);
-		if ((r = unlink_name(c, rec.parent, key->objectid, name, rec.len)) != 0)
+		if ((r = unlink_name(c, rec.parent, key->objectid, name, rec.len, true)) != 0)
 			return r;
 	}
 }
