@@ -823,8 +823,14 @@ static int ref_conflicts(struct rctx *c, uint64_t parent, uint64_t ino, uint64_t
 	char buf[BF_NAME_LEN];
 	int r;
 
-	if (ino == parent)
-		return 1;
+	if (ino == parent) { /* the subvolume root's own ".." reference: nothing to do */
+		uint8_t *data;
+		uint32_t size;
+		r = fs_item_get(c, &rkey, &data, &size);
+		free(data);
+		if (r <= 0)
+			return r < 0 ? r : 1;
+	}
 	while ((r = ref_not_logged(c, &rkey, parent, &victim, buf)) == 0)
 		if ((r = unlink_name(c, parent, ino, victim.name, victim.len, false)) != 0)
 			return r;
