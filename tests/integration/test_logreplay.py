@@ -6,20 +6,27 @@ committed base state (sync), then the scenario's changes with fsyncs of files an
 the backing image taken with O_DIRECT while the kernel still has it mounted (before the next commit), so the
 copy is what a power cut right after the last fsync leaves (dump-super shows log_root != 0).
 
+Scenarios: new files (inline, regular, sparse, symlink, fifo), overwrite / extend / truncate, prealloc (also past
+EOF), compression, renames (across directories, over an existing name), hard links, unlinks, mkdir / rmdir,
+xattrs, a subvolume with its own log tree, many links of one inode, and seeded random workloads ("random" with
+every operation, so often a short log after a full commit; "rich" without directory renames and removals, so logs
+of hundreds of items), over several mkfs variants (no-holes off, 4K/8K nodes, xxhash/sha256, mixed groups).
+
 The oracle is the kernel's own replay of an identical copy (mount, walk, unmount). Then btrfs-fuse -o rw mounts
 the copy (replaying it) and must show the same tree (names, types, modes, owners, sizes, nlink, inode numbers,
-st_blocks, content hashes, xattrs, symlink targets; not atime/ctime, which replay sets to "now"); after its
+st_blocks, mtimes, content hashes, xattrs, symlink targets; not atime, which reads change, nor ctime); after its
 unmount the superblock has no log root, `btrfs check --readonly --check-data-csum` is clean, and the kernel
 mounts the image without a BTRFS warning or error and shows the same tree again.
 
-Plus: a default (read-only) mount of a log image shows the last commit with a warning and changes nothing; a
-log with a damaged block or a checksummed-but-nonsense item is refused with a message naming the log block and
-`btrfs rescue zero-log`, never a crash, and leaves the image untouched.
+Plus: a default (read-only) mount of a log image shows the last commit with a warning and changes nothing, and
+`nologreplay` is refused with -o rw; a log with a damaged block, a checksummed-but-nonsense item, or seeded damage
+of every kind (hostile.py's mutations of log blocks) is refused with a message naming the log block and
+`btrfs rescue zero-log`, or replayed, never a crash or a sanitizer report, and a refused mount leaves the image
+untouched; an empty log is cleared. BTRFS_FUSE_SOAK=1 adds 240 random workloads and 120 damaged logs.
 
 Needs root (loop mounts). $BTRFS_FUSE overrides ./btrfs-fuse.
 """
 
-import contextlib
 import hashlib
 import os
 import random
