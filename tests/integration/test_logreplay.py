@@ -622,7 +622,7 @@ def test_damaged_logs_never_crash(tmp):
     the read-write mount either replays and works, or is refused with a message naming the log; never a crash, a
     hang or a sanitizer report (the ASan+UBSan build when it is there); a refused mount leaves the image as it
     was."""
-    base, _ = make_log_image(tmp, SCENARIOS["random"], 41, ("-n", "4096"))  # small nodes: a log with nodes
+    base, _ = make_log_image(tmp, SCENARIOS["rich"], 41, ("-n", "4096"))  # a long log in small nodes
     blocks = log_blocks(base)
     meta = {"nodesize": hostile.read_super(base)["nodesize"], "blocks": blocks}
     binary = ASAN if os.access(ASAN, os.X_OK) else BIN
