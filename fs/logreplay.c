@@ -1110,12 +1110,38 @@ static int fixup_link_counts(struct rctx *c)
 
 /* ================= walking the log ================= */
 
+/* The kernel tree checker's rules for an inode item (check_inode_item): what it would refuse to read, the replay
+   must not copy. NULL if fine. */
+static const char *inode_item_bad(const struct rctx *c, const struct bf_inode_item *ii)
+{
+	const uint64_t known = BF_INODE_NODATASUM | BF_INODE_NODATACOW | BF_INODE_READONLY | BF_INODE_NOCOMPRESS |
+			       BF_INODE_PREALLOC | BF_INODE_SYNC | BF_INODE_IMMUTABLE | BF_INODE_APPEND | BF_INODE_NODUMP |
+			       BF_INODE_NOATIME | BF_INODE_DIRSYNC | BF_INODE_COMPRESS | BF_INODE_ROOT_ITEM_INIT |
+			       (1ULL << 32) /* the read-only-compatible VERITY flag */;
+	uint64_t gen_max = c->fs->fi->generation + 1;
+	uint32_t mode = get32(ii->mode), type = mode & S_IFMT;
+
+	if (get64(ii->generation) > gen_max || get64(ii->transid) > gen_max)
+		return "inode item from a future generation";
+	if ((mode & ~(uint32_t)(S_IFMT | 07777)) || !(type == S_IFREG || type == S_IFDIR || type == S_IFLNK ||
+						     type == S_IFCHR || type == S_IFBLK || type == S_IFIFO || type == S_IFSOCK))
+		return "inode item with an invalid mode";
+	if (type == S_IFDIR && get32(ii->nlink) > 1)
+		return "directory inode item with more than one link";
+	if (get64(ii->flags) & ~known)
+		return "inode item with unknown flags";
+	return NULL;
+}
+
 static int replay_item(struct rctx *c, const struct bf_key *k, const uint8_t *data, uint32_t size)
 {
 	if (k->type == BF_INODE_ITEM_KEY) {
-		if (size != sizeof(struct bf_inode_item))
-			return corrupt(c, "inode item of the wrong size");
+		const char *why;
+		if (size != sizeof(struct bf_inode_item) || k->offset)
+			return corrupt(c, "inode item of the wrong size or key");
 		const struct bf_inode_item *ii = (const void *)data;
+		if ((why = inode_item_bad(c, ii)))
+			return corrupt(c, why);
 		c->ignoring = get32(ii->nlink) == 0;
 		if (!c->ignoring && c->stage == STAGE_INODES)
 			return replay_inode(c, k->objectid, ii);
