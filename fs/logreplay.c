@@ -22,6 +22,8 @@
  *               btrfs_alloc_logged_file_extent; logged checksums enter the csum tree); then every listed inode's
  *               link count is recounted from its back references, and one left without links gets an orphan item
  *               (deleted by the orphan cleanup that follows the mount, as with the kernel).
+ * As in current kernels, only DIR_INDEX entries are replayed (the DIR_ITEM keys of old kernels' logs are ignored;
+ * the names' DIR_ITEMs follow from the index entries).
  * Changes go through fs/'s write helpers (directory entries and back references of fs/wdir.c, inode items of
  * fs/winode.c, file extents of fs/extent_write.c, checksums of fs/csum_write.c). Every byte of the log is
  * untrusted: blocks are read through the validating cache with the parent's expectations, every item is checked
@@ -39,9 +41,9 @@
 #include "fs/write.h"
 #include "util/util.h"
 
-enum { STAGE_PIN, STAGE_INODES, STAGE_DIR_INDEX, STAGE_ALL };
+enum { STAGE_PIN, STAGE_INODES, STAGE_DIR_INDEX, STAGE_ALL, STAGE_COMMIT };
 static const char *const stage_names[] = { "pinning the log", "replaying inodes", "replaying directory indexes",
-					   "replaying names, xattrs and file extents" };
+					   "replaying names, xattrs and file extents", "committing the replay" };
 
 #define MAX_LOG_ROOTS 65536
 
@@ -1346,7 +1348,7 @@ static int replay_all(struct rctx *c)
 		for (size_t i = 0; !r && i < rc.n; i++)
 			r = replay_root(c, &rc.v[i]);
 	if (r)
-		c->stage--;
+		c->stage--; /* the stage that failed (else STAGE_COMMIT: what comes next) */
 	free(rc.v);
 	return r;
 }
