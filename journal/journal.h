@@ -116,9 +116,9 @@ struct bf_journal_hooks {
 
 /* Prepare fi for writing (opened with writable = true): check that this image may be written, open the extent
    allocator, load the tree table and backup-root position. -EROFS (with err saying why, and fi->readonly set)
-   for images that must stay read-only: a log tree nobody will replay (fi->log_replay unset), unknown compat_ro features, RAID5/6, quotas,
-   missing or read-only devices, superblock flags (error, seeding, metadump, changing fsid). commit_interval in
-   seconds (0 = the kernel's default, 30). */
+   for images that must stay read-only: a log tree nobody will replay (fi->log_replay unset), unknown compat_ro
+   features, RAID5/6, quotas, missing or read-only devices, superblock flags (error, seeding, metadump, changing
+   fsid). commit_interval in seconds (0 = the kernel's default, 30). */
 int bf_journal_open(struct bf_fsinfo *fi, const struct bf_journal_hooks *hooks, unsigned commit_interval,
 		    char *err, size_t errlen);
 /* Stop the commit thread, commit what is pending, close the allocator. Returns the final commit's result. The

@@ -5,9 +5,9 @@
  * why), setting up the extent allocator and the tree table, and the final commit at close.
  *
  * Key idea: an image is written only when btrfs-fuse can keep every structure on it exactly as the kernel
- * would; anything it cannot keep (a log tree that the opener does not replay first, RAID5/6 stripes, qgroup counts, features it
- * does not know) makes the mount read-only instead, so a write never leaves an image the kernel or btrfs check
- * would complain about.
+ * would; anything it cannot keep (a log tree that the opener does not replay first, RAID5/6 stripes, qgroup
+ * counts, features it does not know) makes the mount read-only instead, so a write never leaves an image the
+ * kernel or btrfs check would complain about.
  */
 #include <errno.h>
 #include <inttypes.h>
