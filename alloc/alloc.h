@@ -208,6 +208,17 @@ int bf_extalloc_log_block(struct bf_extalloc *ea, uint64_t *bytenr);
    committed chunk tree does not map). */
 bool bf_extalloc_new_chunks(const struct bf_extalloc *ea);
 
+/* Log replay (alloc/claim.c), before the replay allocates anything: keep [start, start + len) - a log tree block
+   (tree_block: it must be free in the committed extent tree, in a metadata group) or a data extent a logged file
+   extent item names - from being handed out until the commit; only the part free now is taken, and it is free
+   again after the commit unless claimed. Then, for each logged file extent item, add its reference (root, inode,
+   offset) to the data extent; an extent the extent tree does not know (written after the last commit) is taken
+   as allocated in this transaction, so that the reference creates its extent item at commit (the kernel's
+   btrfs_alloc_logged_file_extent). -EUCLEAN (with a log line) for a range no block group can hold this way. */
+int bf_extalloc_exclude(struct bf_extalloc *ea, uint64_t start, uint64_t len, bool tree_block);
+int bf_extalloc_logged_data_ref(struct bf_extalloc *ea, uint64_t bytenr, uint64_t num_bytes, uint64_t root,
+				uint64_t inode, uint64_t offset);
+
 /* Commit steps, called by the journal in order: apply every queued reference change (changing the extent
    tree, block group items and free space tree, inserting the items of chunks made in this transaction, which
    queues more; loops until none is left, at most 64 rounds, then -EUCLEAN); it may be called again after more

@@ -180,6 +180,12 @@ void bf_inode_cache_clear(struct bf_fs *fs);
 /* Read-write open and close (fs/wtxn.c, called by bf_fs_open / bf_fs_close): the journal, orphan cleanup; the
    final commit. bf_fs_write_open leaves a read-only mount (with a warning) for images that must stay so. */
 int bf_fs_write_open(struct bf_fs *fs, const struct bf_fs_opts *o, char *err, size_t errlen);
+
+/* Replay the log tree the superblock names (fs/logreplay.c) as the kernel's btrfs_recover_log_trees does, and
+   commit (which clears log_root). Called by bf_fs_write_open right after the journal opens, before any other
+   change. On failure the transaction is aborted (the image keeps its last commit and its log, the mount is
+   read-only) and err says what failed, at which log block, and what to do. */
+int bf_log_replay(struct bf_fs *fs, char *err, size_t errlen);
 int bf_fs_write_close(struct bf_fs *fs);
 /* The subvolume and inode of an open file (fs/file.c). */
 void bf_file_ident(const struct bf_file *f, uint64_t *root, uint64_t *ino);

@@ -4,7 +4,8 @@
  *
  * Owns: bf_fs_rdlock / bf_fs_wrlock / bf_fs_unlock, bf_wop_begin / bf_wop_end / bf_wop_root, the time and
  * sequence helpers, struct bf_nstate (per-mount write state) and its subvolume table, bf_fs_write_open /
- * bf_fs_write_close (called by bf_fs_open / bf_fs_close), bf_fs_sync, bf_fs_fsync, bf_fs_write.
+ * bf_fs_write_close (called by bf_fs_open / bf_fs_close; the open replays a log tree, fs/logreplay.c), bf_fs_sync,
+ * bf_fs_fsync, bf_fs_write.
  *
  * Key idea: one rwlock orders everything. Reads hold it shared and see the live trees; a change and a commit
  * hold it exclusively, so a change never races a read or another change, and the journal needs no locks. A
@@ -273,9 +274,12 @@ int bf_fs_write_open(struct bf_fs *fs, const struct bf_fs_opts *o, char *err, si
 	r = nstate_new(fs);
 	if (r)
 		return bf_err(err, errlen, r, "out of memory");
+	fs->fi->log_replay = true; /* bf_log_replay below, before anything else changes */
 	r = bf_journal_open(fs->fi, &hooks, o->commit_interval, why, sizeof(why));
 	if (r == -EROFS) {
-		bf_log(BF_LOG_WARN, "%s: mounting read-only: %s", o->open.paths[0], why);
+		bf_log(BF_LOG_WARN, "%s: mounting read-only: %s%s", o->open.paths[0], why,
+		       fs->fi->log_root ? "; its log tree (changes fsynced after the last commit) is not replayed, so "
+					  "this mount shows the last commit without them" : "");
 		nstate_free(fs);
 		return 0;
 	}
@@ -285,6 +289,8 @@ int bf_fs_write_open(struct bf_fs *fs, const struct bf_fs_opts *o, char *err, si
 			      why[0] ? why : strerror(-r));
 	}
 	fs->writable = true;
+	if (fs->fi->log_root && (r = bf_log_replay(fs, why, sizeof(why))) != 0)
+		return bf_err(err, errlen, r, "%s: %s", o->open.paths[0], why);
 	r = mount_cleanup(fs);
 	if (r)
 		return bf_err(err, errlen, r, "%s: removing the files left unlinked-but-open at the last unmount "

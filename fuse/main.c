@@ -54,6 +54,7 @@ struct cli {
 	bool no_defperm;   /* nodefault_permissions */
 	bool noacl;
 	bool fsname_given, subtype_given;
+	bool nologreplay;  /* nologreplay, rescue=nologreplay or rescue=all: only a read-only mount may skip the replay */
 };
 
 enum {
@@ -203,7 +204,11 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 
 	switch (key) {
 	case FUSE_OPT_KEY_NONOPT: return strv_push(&c->pos, arg);
-	case FUSE_OPT_KEY_OPT: return other_opt(arg);
+	case FUSE_OPT_KEY_OPT:
+		if (strcmp(arg, "nologreplay") == 0 || (strncmp(arg, "rescue=", 7) == 0 &&
+							 (strstr(arg, "nologreplay") || strstr(arg, "all"))))
+			c->nologreplay = true;
+		return other_opt(arg);
 	case K_HELP: c->help = true; return 0;
 	case K_VERSION: c->version = true; return 0;
 	case K_SUBVOL:
@@ -262,9 +267,10 @@ static void help(void)
 	       "give all of them) through FUSE, without the kernel's btrfs driver.\n"
 	       "The mount is READ-ONLY unless -o rw is given. Write support is new and still being tested\n"
 	       "against the kernel: keep a backup of what you mount read-write. Images with RAID5/6, simple\n"
-	       "quotas, unknown read-only-compatible features or a log tree waiting for replay are always\n"
-	       "mounted read-only (with a message saying why). Writing to an image with quota groups marks\n"
-	       "their counts inconsistent, as the kernel does when it cannot count: run 'btrfs quota rescan'.\n"
+	       "quotas or unknown read-only-compatible features are always mounted read-only (with a message\n"
+	       "saying why). Writing to an image with quota groups marks their counts inconsistent, as the kernel\n"
+	       "does when it cannot count: run 'btrfs quota rescan'. A log tree (changes fsynced before a crash)\n"
+	       "is replayed by -o rw, as the kernel does; a read-only mount shows the last commit without it.\n"
 	       "\n"
 	       "btrfs options:\n"
 	       "    -o subvol=PATH         mount the subvolume at PATH (relative to the top-level subvolume)\n"
@@ -478,6 +484,11 @@ static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_
 	char err[512] = "";
 	struct stat st;
 
+	if (c->rw && c->nologreplay) {
+		bf_log(BF_LOG_ERR, "nologreplay needs a read-only mount, as with the kernel: drop -o rw to see the last "
+		       "commit without the log, or drop nologreplay to replay the log tree");
+		return -1;
+	}
 	/* Opened before the daemon changes directory, so a relative path means what the user meant. */
 	if (c->trace) {
 		int t = bf_trace_open(c->trace);

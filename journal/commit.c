@@ -188,10 +188,11 @@ static void commit_done(struct bf_journal *j, struct bf_trans *t)
 
 /* True if the transaction changed nothing (no tree block was copied or created, so no root moved): a change
    that failed its checks, or a write whose data is all gone again. It ends without a commit, as the kernel
-   commits no transaction it never joined to a tree. */
+   commits no transaction it never joined to a tree. After a log replay the superblock must be written anyway:
+   the one on disk still names the replayed log. */
 static bool nothing_changed(const struct bf_journal *j, const struct bf_trans *t)
 {
-	if (t->ndirty)
+	if (t->ndirty || get64(j->committed_super.log_root))
 		return false;
 	for (size_t i = 0; i < j->ntrees; i++)
 		if (j->trees[i]->live->bytenr != j->trees[i]->committed.bytenr)

@@ -57,6 +57,9 @@ struct bf_fsinfo {
 	bool has_csum_root, has_uuid_root, has_free_space_root, has_block_group_root;
 	bool readonly;
 	uint64_t log_root; /* superblock's log_root (0: none) */
+	/* Set by the opener before bf_journal_open: it replays the log tree before any other change (fs/logreplay.c).
+	   Without it an image with a log tree stays read-only, so that no commit can drop the log. */
+	bool log_replay;
 	struct bf_journal *journal; /* journal/trans.c: set by bf_journal_open on writable mounts, else NULL */
 };
 
@@ -115,10 +118,10 @@ struct bf_journal_hooks {
 
 /* Prepare fi for writing (opened with writable = true): check that this image may be written, open the extent
    allocator, load the tree table and backup-root position. -EROFS (with err saying why, and fi->readonly set)
-   for images that must stay read-only: a log tree to replay, unknown compat_ro features, RAID5/6, simple quotas
-   or a quota rescan in progress, missing or read-only devices, superblock flags (error, seeding, metadump,
-   changing fsid). Qgroups are marked inconsistent by each commit (journal/qgroup.c). commit_interval in seconds
-   (0 = the kernel's default, 30). */
+   for images that must stay read-only: a log tree nobody will replay (fi->log_replay unset), unknown compat_ro
+   features, RAID5/6, simple quotas or a quota rescan in progress, missing or read-only devices, superblock flags
+   (error, seeding, metadump, changing fsid). Qgroups are marked inconsistent by each commit (journal/qgroup.c).
+   commit_interval in seconds (0 = the kernel's default, 30). */
 int bf_journal_open(struct bf_fsinfo *fi, const struct bf_journal_hooks *hooks, unsigned commit_interval,
 		    char *err, size_t errlen);
 /* Stop the commit thread, commit what is pending, close the allocator. Returns the final commit's result. The

@@ -214,13 +214,14 @@ static int bootstrap(struct bf_fsinfo *fi, const struct bf_open_opts *o, char *e
 	return r;
 }
 
-static void warn_log_tree(const struct bf_fsinfo *fi)
+/* A read-write open replays the log (fs/logreplay.c); a read-only one shows the last commit without it. */
+static void warn_log_tree(const struct bf_fsinfo *fi, bool writable)
 {
-	if (fi->log_root)
+	if (fi->log_root && !writable)
 		bf_log(BF_LOG_WARN,
-		       "the filesystem has a log tree at %llu (changes fsynced before an unclean shutdown); "
-		       "btrfs-fuse cannot replay it yet, so those changes are not shown: mount once with the "
-		       "kernel driver to replay it",
+		       "the filesystem has a log tree at %llu: changes fsynced after the last commit (before an unclean "
+		       "shutdown) are in that log, and this read-only mount shows the last commit without them; mount "
+		       "with -o rw to replay the log",
 		       (unsigned long long)fi->log_root);
 }
 
@@ -277,7 +278,7 @@ int bf_fsinfo_open(const struct bf_open_opts *o, struct bf_fsinfo **out, char *e
 		free(fi);
 		return r;
 	}
-	warn_log_tree(fi);
+	warn_log_tree(fi, o->writable);
 	*out = fi;
 	return 0;
 }

@@ -5,9 +5,10 @@
  * why), setting up the extent allocator and the tree table, and the final commit at close.
  *
  * Key idea: an image is written only when btrfs-fuse can keep every structure on it exactly as the kernel
- * would; anything it cannot keep (a log tree waiting for replay, RAID5/6 stripes, simple quotas, features it
- * does not know) makes the mount read-only instead, so a write never leaves an image the kernel or btrfs check
- * would complain about. Qgroup counts it keeps as the kernel does when it cannot count (journal/qgroup.c).
+ * would; anything it cannot keep (a log tree that the opener does not replay first, RAID5/6 stripes, simple
+ * quotas, features it does not know) makes the mount read-only instead, so a write never leaves an image the
+ * kernel or btrfs check would complain about. Qgroup counts it keeps as the kernel does when it cannot count
+ * (journal/qgroup.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,9 +25,9 @@ static const char *why_readonly(struct bf_fsinfo *fi, char *buf, size_t len)
 	uint64_t flags = get64(fi->super.flags);
 	uint64_t unknown_ro = fi->compat_ro & ~BF_FEATURE_COMPAT_RO_SUPPORTED;
 
-	if (fi->log_root)
-		return "the filesystem has a log tree (changes fsynced before an unclean shutdown) that btrfs-fuse "
-		       "cannot replay; mount it once with the kernel driver to replay the log";
+	if (fi->log_root && !fi->log_replay)
+		return "the filesystem has a log tree (changes fsynced before an unclean shutdown) and this opener "
+		       "does not replay it; mount it read-write with btrfs-fuse or the kernel driver to replay the log";
 	if (unknown_ro) {
 		char names[256];
 		bf_compat_ro_names(unknown_ro, names, sizeof(names));

@@ -11,6 +11,8 @@
  *     between the extent items (scanned independently), the free space tree on disk must say the same, used
  *     bytes must add up, and no range freed in a transaction may be handed out before its commit; at the end
  *     everything is freed again and btrfs check must pass;
+ *   - log replay's kept and claimed ranges (alloc/claim.c): nothing is handed out over them, a claimed extent
+ *     gets its extent item at commit, the rest is free again, impossible ranges are refused;
  *   - end-to-end runs that insert and delete thousands of xattrs on root directories (leaves split and merge) on
  *     default, single/4K (forcing new metadata chunks), no-skinny-metadata, mixed, v1-space-cache and
  *     snapshot-sharing images.
@@ -1272,6 +1274,93 @@ static void test_fst_convert(void)
 	unlink(c.img);
 }
 
+/* ================= log replay: kept and claimed ranges (alloc/claim.c) ================= */
+
+/* The first free run of at least len bytes in a group serving kind: its start, or 0. */
+static uint64_t free_run(struct tc *c, enum ea_kind kind, uint64_t len)
+{
+	for (size_t i = 0; i < c->ea->nbgs; i++) {
+		struct ea_bg *bg = c->ea->bgs[i];
+		if (bg_serves(c->ea, bg, kind) && !(bg->flags & BF_BLOCK_GROUP_METADATA && kind == EA_DATA))
+			for (size_t j = 0; j < bg->free.n; j++)
+				if (bg->free.v[j].end - bg->free.v[j].start >= len)
+					return bf_round_down(bg->free.v[j].start + len - 1, len);
+	}
+	return 0;
+}
+
+/* The refs count of extent item (bytenr, EXTENT_ITEM, len), or -1. */
+static int64_t extent_refs(struct tc *c, uint64_t bytenr, uint64_t len)
+{
+	struct bf_key key = { bytenr, BF_EXTENT_ITEM_KEY, len };
+	struct bf_path p;
+	int64_t refs = -1;
+	uint32_t size;
+	bf_path_init(&p, &c->fi->env);
+	if (bf_search(&c->fi->env, &c->fi->extent_root, &key, &p) == 0) {
+		const uint8_t *d = bf_path_item(&p, &size);
+		if (size >= sizeof(struct bf_extent_item))
+			refs = (int64_t)get64(((const struct bf_extent_item *)d)->refs);
+	}
+	bf_path_release(&p);
+	return refs;
+}
+
+static void test_claim(void)
+{
+	struct tc c = { 0 };
+	const uint64_t len = 256 * 1024, half = len / 2;
+	if (mkimage(c.img, sizeof(c.img), "claim", "", 256) || tc_open(&c))
+		return;
+	uint64_t data = free_run(&c, EA_DATA, 2 * len), meta = free_run(&c, EA_META, 4 * c.ea->nodesize);
+	CHECK(data && meta, "claim: no free data or metadata run");
+	if (!data || !meta)
+		return tc_close(&c);
+	tc_begin(&c);
+	struct ea_bg *dbg = bg_find(c.ea, data);
+	CHECK(bf_extalloc_exclude(c.ea, data, len, false) == 0, "claim: excluding a free data range failed");
+	CHECK(bf_extalloc_exclude(c.ea, data, len, false) == 0, "claim: excluding it twice must be harmless");
+	CHECK(bf_extalloc_exclude(c.ea, meta, c.ea->nodesize, true) == 0, "claim: excluding a log block failed");
+	CHECK(!rset_touches(&dbg->free, data, data + len) && rset_has(&c.ea->pinned, data, data + len),
+	      "claim: an excluded range is still free or not pinned");
+	CHECK(bf_extalloc_exclude(c.ea, data, c.ea->nodesize, true) == -EUCLEAN, "claim: a log block in a data group");
+	CHECK(bf_extalloc_exclude(c.ea, UINT64_MAX - 8192, 4096, false) == -EUCLEAN, "claim: a range in no group");
+	CHECK(bf_extalloc_exclude(c.ea, c.fi->tree_root.bytenr, c.ea->nodesize, true) == -EUCLEAN,
+	      "claim: a log block over a committed tree block");
+	CHECK(bf_extalloc_logged_data_ref(c.ea, c.fi->tree_root.bytenr, 4096, 5, 257, 0) == -EUCLEAN,
+	      "claim: a logged data extent over a tree block");
+	CHECK(bf_extalloc_logged_data_ref(c.ea, data + 1, 4096, 5, 257, 0) == -EUCLEAN, "claim: an unaligned extent");
+	for (int i = 0; i < 64; i++) { /* nothing handed out may touch what is kept */
+		uint64_t b, got;
+		if (bf_extalloc_data(c.ea, 64 * 1024, data, &b, &got) == 0) {
+			CHECK(b + got <= data || b >= data + len, "claim: data [%" PRIu64 ", +%" PRIu64 ") handed out over "
+			      "an excluded range", b, got);
+			bf_extalloc_data_unused(c.ea, b, got);
+		}
+	}
+	CHECK(bf_extalloc_logged_data_ref(c.ea, data, half, 5, 257, 0) == 0, "claim: claiming a logged extent failed");
+	CHECK(bf_extalloc_logged_data_ref(c.ea, data, half, 5, 258, 4096) == 0, "claim: a second reference failed");
+	CHECK(rset_has(&c.ea->trans_alloc, data, data + half) && !rset_touches(&c.ea->pinned, data, data + half),
+	      "claim: the claimed extent is not allocated in the transaction");
+	if (tc_commit(&c))
+		return tc_close(&c);
+	CHECK(extent_refs(&c, data, half) == 2, "claim: extent item with %" PRId64 " references, want 2",
+	      extent_refs(&c, data, half));
+	CHECK(rset_has(&dbg->free, data + half, data + len) && rset_has(&bg_find(c.ea, meta)->free, meta,
+									    meta + c.ea->nodesize),
+	      "claim: kept ranges not free again after the commit");
+	CHECK(!rset_touches(&dbg->free, data, data + half) && !rset_touches(&dbg->fst, data, data + half),
+	      "claim: the claimed extent is free after the commit");
+	tc_begin(&c); /* an extent the extent tree knows only gains a reference */
+	CHECK(bf_extalloc_logged_data_ref(c.ea, data, half, 5, 259, 0) == 0, "claim: reference to a known extent");
+	CHECK(bf_extalloc_logged_data_ref(c.ea, data, 4096, 5, 259, 0) == -EUCLEAN,
+	      "claim: a logged extent overlapping a known one with another length");
+	if (!tc_commit(&c))
+		CHECK(extent_refs(&c, data, half) == 3, "claim: %" PRId64 " references, want 3", extent_refs(&c, data, half));
+	tc_close(&c);
+	unlink(c.img);
+}
+
 /* ================= ENOSPC: the reservation fails before the commit would ================= */
 
 static void test_enospc(void)
@@ -1753,6 +1842,8 @@ static void test_images(void)
 		test_enospc();
 	if (selected("resv"))
 		test_resv_model();
+	if (selected("claim"))
+		test_claim();
 	if (selected("xattr-bgtree") && sh("mkfs.btrfs -O list-all 2>&1 | grep -q block-group-tree") == 0)
 		test_xattrs("bgtree", "-O block-group-tree -n 4096", 256, 3800, 4000, 3, true, NULL);
 	else if (selected("xattr-bgtree"))
