@@ -361,16 +361,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		bf_fs_release_file(c->fs, f); /* the open was interrupted: no release will come */
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void do_read(fuse_req_t req, struct bf_file *f, size_t size, off_t off)
 {
-	trace_op(req, "read", ino);
 	struct bf_fuse *c = ctx_of(req);
 
-	(void)ino;
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
-		return;
-	}
 	if (size > BF_READ_MAX)
 		size = BF_READ_MAX;
 	char *buf = malloc(size ? size : 1);
@@ -379,13 +373,47 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	bf_fs_rdlock(c->fs);
-	ssize_t n = bf_fs_read(c->fs, file_of(fi), buf, size, (uint64_t)off);
+	ssize_t n = bf_fs_read(c->fs, f, buf, size, (uint64_t)off);
 	bf_fs_unlock(c->fs);
 	if (n < 0)
 		reply_err(req, n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n < size ? (size_t)n : size);
 	free(buf);
+}
+
+/* A read may wait on the disk: it goes to a worker (fuse/pool.h), so other requests need not wait for it. */
+struct read_job {
+	struct bf_job job;
+	fuse_req_t req;
+	struct bf_file *f;
+	size_t size;
+	off_t off;
+};
+
+static void read_job_run(struct bf_job *job)
+{
+	struct read_job *j = (struct read_job *)job;
+	do_read(j->req, j->f, j->size, j->off);
+	free(j);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	trace_op(req, "read", ino);
+	struct read_job *j;
+
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (ctx_of(req)->pool && (j = malloc(sizeof(*j)))) {
+		*j = (struct read_job){ .job.run = read_job_run, .req = req, .f = file_of(fi), .size = size, .off = off };
+		if (bf_pool_submit(ctx_of(req)->pool, &j->job))
+			return;
+		free(j);
+	}
+	do_read(req, file_of(fi), size, off);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -659,10 +687,33 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, (size_t)n);
 }
 
+/* fsync is a whole commit: a worker does it (fuse/pool.h), so requests that need no lock are not held up. */
+struct fsync_job {
+	struct bf_job job;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	bool datasync;
+};
+
+static void fsync_job_run(struct bf_job *job)
+{
+	struct fsync_job *j = (struct fsync_job *)job;
+	reply_status(j->req, bf_fs_fsync(ctx_of(j->req)->fs, j->ino, j->datasync));
+	free(j);
+}
+
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	trace_op(req, "fsync", ino);
+	struct fsync_job *j;
+
 	(void)fi;
+	if (ctx_of(req)->pool && (j = malloc(sizeof(*j)))) {
+		*j = (struct fsync_job){ .job.run = fsync_job_run, .req = req, .ino = ino, .datasync = datasync != 0 };
+		if (bf_pool_submit(ctx_of(req)->pool, &j->job))
+			return;
+		free(j);
+	}
 	reply_status(req, bf_fs_fsync(ctx_of(req)->fs, ino, datasync != 0));
 }
 
