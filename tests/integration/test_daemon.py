@@ -8,7 +8,9 @@ image of their own, the default mount options as root (allow_other and
 default_permissions: another user reads a world-readable file and is denied a
 0600 one), read-only by default and writable with `-o rw` (also from an fstab
 line without `ro`, as mount.fuse3 passes rw then), and the refusals: busy mountpoint, a second btrfs-fuse on the same
-image, an image the kernel has mounted.
+image, an image the kernel has mounted; and reads, fsyncs and changes at once,
+with worker threads and with -s (every request answered, data intact after a
+remount).
 
 Needs root (mount, useradd, su). The binary is $BTRFS_FUSE, default
 ./btrfs-fuse at the repository root. Images are made in a temporary directory
