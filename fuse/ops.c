@@ -4,8 +4,10 @@
  * Owns: the translation between libfuse requests and the fs layer, the kernel capabilities asked for at init,
  * and the caching hints given to the kernel. Key idea: node ids are stateless (a node id alone names an inode,
  * see fs/fs.h), so forget needs no bookkeeping and directory handles carry nothing: readdir resumes from the
- * offset the fs layer returned with the previous entry. Read calls run under the fs layer's shared lock (many
- * at once); change calls take its exclusive lock themselves. On a read-only mount nothing can change, so
+ * offset the fs layer returned with the previous entry. Requests are answered in the thread that read them
+ * (fuse/main.c), except file reads and fsync, which may wait on the disk and go to worker threads
+ * (fuse/pool.h). Read calls run under the fs layer's shared lock (many at once); change calls take its
+ * exclusive lock themselves. On a read-only mount nothing can change, so
  * entries, attributes, negative lookups, file data, listings and symlinks are cached by the kernel for a long
  * time; on a read-write mount every change goes through this mount and the kernel updates or drops its own
  * caches for the names and inodes a reply or request touches, so only the timeouts are short (1 s: st_blocks
