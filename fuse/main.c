@@ -433,7 +433,8 @@ static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o, 
 		unsigned n = o->max_threads >= 1 && o->max_threads <= BF_MAX_WORKERS ? o->max_threads : BF_MAX_WORKERS;
 		int r = bf_pool_new(n, &ctx->pool);
 		if (r < 0)
-			return r;
+			bf_log(BF_LOG_WARN, "cannot start the worker threads (%s): serving every request in one thread",
+			       strerror(-r));
 	}
 	int r = fuse_session_loop(se);
 	bf_pool_free(ctx->pool); /* the queued requests are answered first */

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,14 +60,22 @@ int bf_pool_new(unsigned nthreads, struct bf_pool **out)
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->wake, NULL);
 	p->tail = &p->head;
-	for (unsigned i = 0; i < (nthreads ? nthreads : 1); i++) {
-		int r = pthread_create(&p->threads[i], NULL, worker, p);
-		if (r) {
-			bf_log(BF_LOG_ERR, "cannot start worker thread %u: %s", i + 1, strerror(r));
-			bf_pool_free(p);
-			return -r;
-		}
-		p->nthreads++;
+	/* Workers block every signal (they inherit the mask): SIGTERM, SIGINT and the like reach the thread that
+	   reads the requests, whose read is what they must interrupt to end the loop. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = 0;
+	for (unsigned i = 0; i < (nthreads ? nthreads : 1) && !r; i++) {
+		r = pthread_create(&p->threads[i], NULL, worker, p);
+		if (!r)
+			p->nthreads++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r) {
+		bf_log(BF_LOG_ERR, "cannot start worker thread %u: %s", p->nthreads + 1, strerror(r));
+		bf_pool_free(p);
+		return -r;
 	}
 	*out = p;
 	return 0;
