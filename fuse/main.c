@@ -34,6 +34,8 @@
 #define BF_RO_TIMEOUT 3600.0
 /* A read-write mount: st_blocks and the like move when buffered data gets its extents at commit. */
 #define BF_RW_TIMEOUT 1.0
+/* At most this many worker threads for reads and fsync (libfuse's default max_threads is 10). */
+#define BF_MAX_WORKERS 16u
 
 struct strv {
 	char **v;
@@ -458,20 +460,21 @@ static void fuse_log_to_bf(enum fuse_log_level level, const char *fmt, va_list a
 	bf_log(l, "%s", buf);
 }
 
-static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o)
+/* Serve until unmounted. One thread reads and answers the requests (a wake-up of another thread per request would
+   cost more than most requests do); -s leaves out the workers that take file reads and fsync (fuse/pool.h), and
+   -o max_threads=N sets how many there are. */
+static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o, struct bf_fuse *ctx)
 {
-	if (o->singlethread)
-		return fuse_session_loop(se);
-	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-	if (!cfg)
-		return -ENOMEM;
-	/* A /dev/fuse descriptor per worker thread, when we may open /dev/fuse ourselves. */
-	fuse_loop_cfg_set_clone_fd(cfg, o->clone_fd || access("/dev/fuse", R_OK | W_OK) == 0);
-	if (o->max_idle_threads != UINT_MAX) /* given with -o max_idle_threads; libfuse's default means no limit */
-		fuse_loop_cfg_set_idle_threads(cfg, o->max_idle_threads);
-	fuse_loop_cfg_set_max_threads(cfg, o->max_threads);
-	int r = fuse_session_loop_mt(se, cfg);
-	fuse_loop_cfg_destroy(cfg);
+	if (!o->singlethread) {
+		unsigned n = o->max_threads >= 1 && o->max_threads <= BF_MAX_WORKERS ? o->max_threads : BF_MAX_WORKERS;
+		int r = bf_pool_new(n, &ctx->pool);
+		if (r < 0)
+			bf_log(BF_LOG_WARN, "cannot start the worker threads (%s): serving every request in one thread",
+			       strerror(-r));
+	}
+	int r = fuse_session_loop(se);
+	bf_pool_free(ctx->pool); /* the queued requests are answered first */
+	ctx->pool = NULL;
 	return r;
 }
 
@@ -531,7 +534,7 @@ static int open_fs(const struct cli *c, const char **devs, int ndevs, struct bf_
 
 /* Mount, go to the background unless asked not to, serve until unmounted. Returns the exit status. */
 static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *o, const char *mnt,
-		 const struct bf_fuse *ctx, const char *dev)
+		 struct bf_fuse *ctx, const char *dev)
 {
 	if (fuse_set_signal_handlers(se) != 0) {
 		bf_log(BF_LOG_ERR, "cannot install signal handlers");
@@ -554,7 +557,7 @@ static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *o, con
 	}
 	bf_log(BF_LOG_INFO, "mounted %s on %s, %s, subvolume %llu", dev, mnt, ctx->rw ? "read-write" : "read-only",
 	       (unsigned long long)bf_fs_mounted_subvol(ctx->fs));
-	int r = run_loop(se, o);
+	int r = run_loop(se, o, ctx);
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	if (r < 0)

@@ -4,8 +4,10 @@
  * Owns: the translation between libfuse requests and the fs layer, the kernel capabilities asked for at init,
  * and the caching hints given to the kernel. Key idea: node ids are stateless (a node id alone names an inode,
  * see fs/fs.h), so forget needs no bookkeeping and directory handles carry nothing: readdir resumes from the
- * offset the fs layer returned with the previous entry. Read calls run under the fs layer's shared lock (many
- * at once); change calls take its exclusive lock themselves. On a read-only mount nothing can change, so
+ * offset the fs layer returned with the previous entry. Requests are answered in the thread that read them
+ * (fuse/main.c), except file reads and fsync, which may wait on the disk and go to worker threads
+ * (fuse/pool.h). Read calls run under the fs layer's shared lock (many at once); change calls take its
+ * exclusive lock themselves. On a read-only mount nothing can change, so
  * entries, attributes, negative lookups, file data, listings and symlinks are cached by the kernel for a long
  * time; on a read-write mount every change goes through this mount and the kernel updates or drops its own
  * caches for the names and inodes a reply or request touches, so only the timeouts are short (1 s: st_blocks
@@ -75,7 +77,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	set_want(conn, FUSE_CAP_ASYNC_READ, true);
 	set_want(conn, FUSE_CAP_READDIRPLUS, true);
 	set_want(conn, FUSE_CAP_READDIRPLUS_AUTO, true);
+	/* Asked for, but libfuse 3.14 (Debian 12) never passes it on to the kernel (fixed in later libfuse): the
+	   kernel then runs changes in one directory one at a time, which costs nothing with one request thread. */
 	set_want(conn, FUSE_CAP_PARALLEL_DIROPS, true);
+	/* The kernel removes setuid/setgid bits and security.capability on write, truncate and chown itself (it
+	   knows the caller's CAP_FSETID, we do not). libfuse asks for the opposite by default; 3.14 does not pass
+	   that on, later versions do, so say no explicitly. */
+	set_want(conn, FUSE_CAP_HANDLE_KILLPRIV, false);
 	set_want(conn, FUSE_CAP_CACHE_SYMLINKS, true);
 	/* The kernel turns FUSE_POSIX_ACL into default_permissions, so only ask for it when that is on anyway. */
 	set_want(conn, FUSE_CAP_POSIX_ACL, c->acl && c->default_permissions);
@@ -361,16 +369,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		bf_fs_release_file(c->fs, f); /* the open was interrupted: no release will come */
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void do_read(fuse_req_t req, struct bf_file *f, size_t size, off_t off)
 {
-	trace_op(req, "read", ino);
 	struct bf_fuse *c = ctx_of(req);
 
-	(void)ino;
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
-		return;
-	}
 	if (size > BF_READ_MAX)
 		size = BF_READ_MAX;
 	char *buf = malloc(size ? size : 1);
@@ -379,13 +381,47 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	bf_fs_rdlock(c->fs);
-	ssize_t n = bf_fs_read(c->fs, file_of(fi), buf, size, (uint64_t)off);
+	ssize_t n = bf_fs_read(c->fs, f, buf, size, (uint64_t)off);
 	bf_fs_unlock(c->fs);
 	if (n < 0)
 		reply_err(req, n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n < size ? (size_t)n : size);
 	free(buf);
+}
+
+/* A read may wait on the disk: it goes to a worker (fuse/pool.h), so other requests need not wait for it. */
+struct read_job {
+	struct bf_job job;
+	fuse_req_t req;
+	struct bf_file *f;
+	size_t size;
+	off_t off;
+};
+
+static void read_job_run(struct bf_job *job)
+{
+	struct read_job *j = (struct read_job *)job;
+	do_read(j->req, j->f, j->size, j->off);
+	free(j);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	trace_op(req, "read", ino);
+	struct read_job *j;
+
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (ctx_of(req)->pool && (j = malloc(sizeof(*j)))) {
+		*j = (struct read_job){ .job.run = read_job_run, .req = req, .f = file_of(fi), .size = size, .off = off };
+		if (bf_pool_submit(ctx_of(req)->pool, &j->job))
+			return;
+		free(j);
+	}
+	do_read(req, file_of(fi), size, off);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -659,10 +695,33 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, (size_t)n);
 }
 
+/* fsync is a whole commit: a worker does it (fuse/pool.h), so requests that need no lock are not held up. */
+struct fsync_job {
+	struct bf_job job;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	bool datasync;
+};
+
+static void fsync_job_run(struct bf_job *job)
+{
+	struct fsync_job *j = (struct fsync_job *)job;
+	reply_status(j->req, bf_fs_fsync(ctx_of(j->req)->fs, j->ino, j->datasync));
+	free(j);
+}
+
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	trace_op(req, "fsync", ino);
+	struct fsync_job *j;
+
 	(void)fi;
+	if (ctx_of(req)->pool && (j = malloc(sizeof(*j)))) {
+		*j = (struct fsync_job){ .job.run = fsync_job_run, .req = req, .ino = ino, .datasync = datasync != 0 };
+		if (bf_pool_submit(ctx_of(req)->pool, &j->job))
+			return;
+		free(j);
+	}
 	reply_status(req, bf_fs_fsync(ctx_of(req)->fs, ino, datasync != 0));
 }
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "fs/fs.h"
+#include "fuse/pool.h"
 
 struct bf_fuse {
 	struct bf_fs *fs;
@@ -25,6 +26,7 @@ struct bf_fuse {
 	bool acl;                            /* ask the kernel to evaluate POSIX ACLs (needs default_permissions) */
 	uint64_t root_ino;                   /* st_ino of node 1, for readdir entries that come without a stat */
 	struct fuse_conn_info_opts *conn_opts; /* -o max_readahead=, readdirplus=, ... from the command line */
+	struct bf_pool *pool;                /* workers for file reads and fsync; NULL: all in the loop thread (-s) */
 };
 
 extern const struct fuse_lowlevel_ops bf_fuse_ops;

@@ -8,7 +8,9 @@ image of their own, the default mount options as root (allow_other and
 default_permissions: another user reads a world-readable file and is denied a
 0600 one), read-only by default and writable with `-o rw` (also from an fstab
 line without `ro`, as mount.fuse3 passes rw then), and the refusals: busy mountpoint, a second btrfs-fuse on the same
-image, an image the kernel has mounted.
+image, an image the kernel has mounted; and reads, fsyncs and changes at once,
+with worker threads and with -s (every request answered, data intact after a
+remount).
 
 Needs root (mount, useradd, su). The binary is $BTRFS_FUSE, default
 ./btrfs-fuse at the repository root. Images are made in a temporary directory
@@ -376,6 +378,86 @@ def test_rw_gives_a_writable_mount(rw_image, mnt):
     assert "ro" in mount_options(mnt)[2]
     assert "new-file" not in os.listdir(mnt)
     assert_read_only(mnt, "new-file")
+
+
+def _thread_count(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+@pytest.mark.parametrize("mode", [[], ["-s"]], ids=["workers", "single"])
+def test_reads_and_fsync_while_changing(rw_image, mnt, mode):
+    """Readers, fsyncs and changes at once: file reads and fsync go to worker threads (without -s), the rest is
+    answered by the thread that reads the requests; every reader sees its file's bytes, every change lands,
+    and the daemon ends cleanly. With -s there are no worker threads."""
+    import hashlib
+    import threading
+    p = start(["-o", "rw"] + mode + [rw_image, mnt])
+    assert p.returncode == 0, p.stderr
+    errors = []
+    try:
+        pids = daemon_pids(mnt)
+        assert len(pids) == 1, pids
+        threads_now = _thread_count(pids[0])
+        if mode:
+            assert threads_now <= 3, "-s: expected no worker threads, the daemon has %d threads" % threads_now
+        else:
+            assert threads_now >= 4, "expected worker threads, the daemon has %d threads" % threads_now
+        files = {}
+        for i in range(6):
+            data = os.urandom((1 << 20) + 4096 * i + 17)
+            with open(os.path.join(mnt, "r%d" % i), "wb") as f:
+                f.write(data)
+            files["r%d" % i] = hashlib.sha256(data).hexdigest()
+
+        def reader(k):
+            for rnd in range(4):
+                for name, digest in files.items():
+                    with open(os.path.join(mnt, name), "rb") as f:
+                        got = hashlib.sha256(f.read()).hexdigest()
+                    if got != digest:
+                        errors.append("reader %d round %d: %s read back wrong bytes" % (k, rnd, name))
+
+        def changer(k):
+            d = os.path.join(mnt, "c%d" % k)
+            os.mkdir(d)
+            for i in range(40):
+                path = os.path.join(d, "f%d" % i)
+                with open(path, "wb") as f:
+                    f.write(b"%d-%d\n" % (k, i) * (i + 1))
+                    if i % 10 == 0:
+                        os.fsync(f.fileno())
+                if i % 2:
+                    os.unlink(path)
+
+        def guard(fn, k):
+            try:
+                fn(k)
+            except Exception as e:  # reported below
+                errors.append("%s %d: %r" % (fn.__name__, k, e))
+
+        workers = [threading.Thread(target=guard, args=(reader, k)) for k in range(3)]
+        workers += [threading.Thread(target=guard, args=(changer, k)) for k in range(2)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(TIMEOUT)
+        assert not any(t.is_alive() for t in workers), "a reader or changer hung (a request got no answer)"
+        assert not errors, errors
+        for k in range(2):
+            names = sorted(os.listdir(os.path.join(mnt, "c%d" % k)))
+            assert names == sorted("f%d" % i for i in range(0, 40, 2)), "c%d holds %s" % (k, names)
+        run(["fusermount3", "-u", mnt], check=True)
+        assert wait_until(lambda: not daemon_pids(mnt), TIMEOUT), "the daemon did not end after fusermount3 -u"
+        p = start(["-o", "ro", rw_image, mnt])  # the changes were committed at unmount
+        assert p.returncode == 0, p.stderr
+        for name, digest in files.items():
+            with open(os.path.join(mnt, name), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest, "%s after remount" % name
+        with open(os.path.join(mnt, "c1", "f38"), "rb") as f:
+            assert f.read() == b"1-38\n" * 39
+    finally:
+        cleanup_mount(mnt)
+    assert_nothing_left(mnt)
 
 
 def test_noallow_other(image, mnt):
