@@ -567,7 +567,10 @@ int bf_fsync_log(struct bf_wop *op, uint64_t root, uint64_t ino)
 	if (r)
 		return r;
 	if (!bf_data_dirty_next(fs, root, ino, 0, UINT64_MAX, &ds, &de, &dd) && get64(ii.transid) < op->t->transid)
-		return 0; /* unchanged since the last commit (the kernel's btrfs_inode_in_log / last_trans check) */
+		/* Unchanged since the last commit (the kernel's last_trans check skips it). If a name was removed or
+		   renamed in the running transaction (an ancestor's, perhaps), commit, so that the path the caller
+		   fsynced is the one a crash keeps: stronger than the kernel, which keeps the old path then. */
+		return fs->ns->last_unlink_trans >= op->t->transid ? 1 : 0;
 	lctx_init(&x, op, root, ino);
 	r = S_ISDIR(get32(ii.mode)) ? log_dir(op, &x, &ii) : log_one(op, &x, &ii);
 	if (r == -EROFS && !op->changed)
