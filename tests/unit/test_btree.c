@@ -26,21 +26,9 @@
 #include "alloc/alloc.h"
 #include "btree/btree.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
-static uint64_t seed;
 
-#define CHECK(cond, ...)                                                                                           \
-	do {                                                                                                       \
-		if (cond) {                                                                                        \
-			n_pass++;                                                                                  \
-		} else {                                                                                           \
-			n_fail++;                                                                                  \
-			printf("FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, seed);                      \
-			printf(__VA_ARGS__);                                                                       \
-			printf("\n");                                                                              \
-		}                                                                                                  \
-	} while (0)
 
 /* splitmix64 */
 static uint64_t mix64(uint64_t z)
@@ -610,7 +598,7 @@ static bool check_full_walk(struct fs *f)
 static void test_search_model(uint32_t nodesize, size_t n, unsigned maxdata, size_t leaf_cap, size_t node_cap,
 			      int want_level, unsigned ntargets)
 {
-	uint64_t rng = seed ^ (nodesize * 7919ull + n);
+	uint64_t rng = check_seed ^ (nodesize * 7919ull + n);
 	struct fs f;
 	struct bf_path p;
 	unsigned bad = 0;
@@ -1173,7 +1161,7 @@ static void test_cache_threads(struct fs *f)
 	for (int cap = 0; cap < 2; cap++) {
 		fs_reopen_env(f, cap ? 8 * per : 0);
 		for (int i = 0; i < NT; i++) {
-			args[i] = (struct thread_arg){ f, seed + 1000 * (uint64_t)i + (uint64_t)cap, 0, 0 };
+			args[i] = (struct thread_arg){ f, check_seed + 1000 * (uint64_t)i + (uint64_t)cap, 0, 0 };
 			pthread_create(&th[i], NULL, search_thread, &args[i]);
 		}
 		for (int i = 0; i < NT; i++) {
@@ -1476,7 +1464,7 @@ static double now(void)
 
 static void bench(void)
 {
-	uint64_t rng = seed ^ 0xbe;
+	uint64_t rng = check_seed ^ 0xbe;
 	struct fs f;
 	struct bf_path p;
 
@@ -1503,9 +1491,9 @@ int main(int argc, char **argv)
 	uint64_t rng;
 	struct fs f;
 
-	seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
-	printf("test_btree: seed %" PRIu64 "\n", seed);
-	rng = seed;
+	check_seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
+	printf("test_btree: seed %" PRIu64 "\n", check_seed);
+	rng = check_seed;
 	test_validation(&rng);
 	test_fuzz_blocks(&rng);
 	test_search();
@@ -1523,6 +1511,5 @@ int main(int argc, char **argv)
 	test_real_images();
 	if (getenv("BTREE_BENCH"))
 		bench();
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }

@@ -41,21 +41,9 @@
 #include "alloc/alloc.h"
 #include "btree/btree.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
-static uint64_t seed;
 
-#define CHECK(cond, ...)                                                                                           \
-	do {                                                                                                       \
-		if (cond) {                                                                                        \
-			n_pass++;                                                                                  \
-		} else {                                                                                           \
-			n_fail++;                                                                                  \
-			printf("FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, seed);                      \
-			printf(__VA_ARGS__);                                                                       \
-			printf("\n");                                                                              \
-		}                                                                                                  \
-	} while (0)
 
 /* A check that counts only its failures (for the millions of per-item comparisons). */
 #define VERIFY(cond, ...)                                                                                          \
@@ -1509,20 +1497,19 @@ int main(int argc, char **argv)
 #endif
 	if (env_ops && *env_ops)
 		ops = strtoull(env_ops, NULL, 0);
-	seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	printf("seed %" PRIu64 " (replay with: %s %" PRIu64 "), %" PRIu64 " operations per node size\n", seed, argv[0],
-	       seed, ops);
+	check_seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	printf("seed %" PRIu64 " (replay with: %s %" PRIu64 "), %" PRIu64 " operations per node size\n", check_seed, argv[0],
+	       check_seed, ops);
 	bf_log_set_verbosity(BF_LOG_ERR);
-	test_layout(seed);
-	test_workload(4096, ops, seed + 1);
-	test_workload(16384, ops, seed + 2);
-	test_workload(65536, ops, seed + 3);
+	test_layout(check_seed);
+	test_workload(4096, ops, check_seed + 1);
+	test_workload(16384, ops, check_seed + 2);
+	test_workload(65536, ops, check_seed + 3);
 	rng_fill(&pool_rng, pool, sizeof(pool));
-	test_shapes(ops >= 30000 ? 20000 : 2000, seed + 7);
-	test_deep(4096, ops >= 30000 ? 50000 : ops / 2, 700, 300, ops >= 30000 ? 3 : 1, 10000, seed + 4);
-	test_deep(65536, ops >= 30000 ? 6000 : ops / 10, 16000, 6000, ops >= 30000 ? 2 : 1, 3000, seed + 8);
-	test_enospc(4096, seed + 5);
-	test_enospc(16384, seed + 6);
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	test_shapes(ops >= 30000 ? 20000 : 2000, check_seed + 7);
+	test_deep(4096, ops >= 30000 ? 50000 : ops / 2, 700, 300, ops >= 30000 ? 3 : 1, 10000, check_seed + 4);
+	test_deep(65536, ops >= 30000 ? 6000 : ops / 10, 16000, 6000, ops >= 30000 ? 2 : 1, 3000, check_seed + 8);
+	test_enospc(4096, check_seed + 5);
+	test_enospc(16384, check_seed + 6);
+	return check_summary();
 }

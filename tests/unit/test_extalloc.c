@@ -39,29 +39,14 @@
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
-static uint64_t seed;
 
-#define CHECK(cond, ...)                                                                                   \
-	do {                                                                                               \
-		if (cond) {                                                                                \
-			n_pass++;                                                                          \
-		} else {                                                                                   \
-			n_fail++;                                                                          \
-			printf("FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, seed);               \
-			printf(__VA_ARGS__);                                                               \
-			printf("\n");                                                                      \
-		}                                                                                          \
-	} while (0)
 
 static uint64_t rng_state;
 static uint64_t rng(void)
 {
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
+	return splitmix64(&rng_state);
 }
 static uint64_t rnd(uint64_t n) { return n ? rng() % n : 0; }
 
@@ -1858,10 +1843,10 @@ static void test_images(void)
 
 int main(int argc, char **argv)
 {
-	seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
-	rng_state = seed;
+	check_seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+	rng_state = check_seed;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	printf("test_extalloc: seed %" PRIu64 " (pass it as argv[1] to replay)\n", seed);
+	printf("test_extalloc: seed %" PRIu64 " (pass it as argv[1] to replay)\n", check_seed);
 	bf_log_set_verbosity(getenv("BF_EA_VERBOSE") ? BF_LOG_DEBUG : BF_LOG_WARN);
 	if (getenv("BF_EA_PROGS")) { /* a directory with other mkfs.btrfs and btrfs binaries, searched first */
 		char path[4096];
@@ -1873,6 +1858,5 @@ int main(int argc, char **argv)
 		test_images();
 	else
 		printf("skipping the image tests: they need root, mkfs.btrfs, btrfs and a kernel with btrfs\n");
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }

@@ -18,20 +18,9 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
 
-#define CHECK(cond, ...)                                                  \
-	do {                                                              \
-		if (cond) {                                               \
-			n_pass++;                                         \
-		} else {                                                  \
-			n_fail++;                                         \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);       \
-			printf(__VA_ARGS__);                              \
-			printf("\n");                                     \
-		}                                                         \
-	} while (0)
 
 static uint64_t le(const uint8_t *p, int n)
 {
@@ -163,6 +152,5 @@ int main(void)
 	unlink(rec1);
 	unlink(rec2);
 	rmdir(dir);
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }

@@ -23,20 +23,9 @@
 
 #include "journal/journal.h"
 #include "util/util.h"
+#include "tests/unit/check.h"
 
-static unsigned n_pass, n_fail;
 
-#define CHECK(cond, ...)                                                                                           \
-	do {                                                                                                       \
-		if (cond) {                                                                                        \
-			n_pass++;                                                                                  \
-		} else {                                                                                           \
-			n_fail++;                                                                                  \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);                                              \
-			printf(__VA_ARGS__);                                                                       \
-			printf("\n");                                                                              \
-		}                                                                                                  \
-	} while (0)
 
 #define IMG_SIZE (1ULL << 30)
 #define OBJ 100000ULL
@@ -331,6 +320,5 @@ int main(void)
 	test_log();
 	test_abort_keeps_log();
 	unlink(img);
-	printf("%u passed, %u failed\n", n_pass, n_fail);
-	return n_fail ? 1 : 0;
+	return check_summary();
 }
