@@ -46,6 +46,35 @@ int bf_dir_rec_next(const uint8_t *item, uint32_t size, uint32_t *pos, struct bf
 	return 1;
 }
 
+int bf_ref_rec_next(const struct bf_key *k, const uint8_t *item, uint32_t size, uint32_t *pos, struct bf_ref_rec *rec)
+{
+	bool ext = k->type == BF_INODE_EXTREF_KEY;
+	uint32_t hdr = ext ? sizeof(struct bf_inode_extref) : sizeof(struct bf_inode_ref);
+
+	if (*pos >= size)
+		return 0;
+	if (size - *pos < hdr)
+		return -EUCLEAN;
+	if (ext) {
+		const struct bf_inode_extref *e = (const void *)(item + *pos);
+		rec->parent = get64(e->parent_objectid);
+		rec->index = get64(e->index);
+		rec->len = get16(e->name_len);
+	} else {
+		const struct bf_inode_ref *e = (const void *)(item + *pos);
+		rec->parent = k->offset;
+		rec->index = get64(e->index);
+		rec->len = get16(e->name_len);
+	}
+	if (rec->len > size - *pos - hdr)
+		return -EUCLEAN;
+	rec->name = (const char *)item + *pos + hdr;
+	rec->at = *pos;
+	rec->size = hdr + rec->len;
+	*pos += rec->size;
+	return 1;
+}
+
 static const char *check_name(const struct bf_dir_rec *rec, bool is_xattr)
 {
 	if (rec->name_len == 0)

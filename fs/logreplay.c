@@ -200,46 +200,19 @@ static int log_item(struct rctx *c, const struct bf_key *key, struct bf_path *p)
 	return r;
 }
 
-/* One back reference record: an INODE_REF (parent from the key) or INODE_EXTREF record. */
-struct ref_rec {
-	uint64_t parent, index;
-	const char *name;
-	uint16_t len;
-};
-
-/* Parse the record at *pos of a back reference item; 1 with *rec, 0 at the end, -EUCLEAN if it does not fit. */
-static int ref_next(const struct bf_key *k, const uint8_t *item, uint32_t size, uint32_t *pos, struct ref_rec *rec)
+/* The next record of a logged back reference item (bf_ref_rec_next), with the tree checker's name length rule. */
+static int ref_next(const struct bf_key *k, const uint8_t *item, uint32_t size, uint32_t *pos, struct bf_ref_rec *rec)
 {
-	bool ext = k->type == BF_INODE_EXTREF_KEY;
-	uint32_t hdr = ext ? sizeof(struct bf_inode_extref) : sizeof(struct bf_inode_ref);
+	int r = bf_ref_rec_next(k, item, size, pos, rec);
 
-	if (*pos >= size)
-		return 0;
-	if (size - *pos < hdr)
-		return -EUCLEAN;
-	if (ext) {
-		const struct bf_inode_extref *e = (const void *)(item + *pos);
-		rec->parent = get64(e->parent_objectid);
-		rec->index = get64(e->index);
-		rec->len = get16(e->name_len);
-	} else {
-		const struct bf_inode_ref *e = (const void *)(item + *pos);
-		rec->parent = k->offset;
-		rec->index = get64(e->index);
-		rec->len = get16(e->name_len);
-	}
-	if (rec->len == 0 || rec->len > BF_NAME_LEN || rec->len > size - *pos - hdr)
-		return -EUCLEAN;
-	rec->name = (const char *)item + *pos + hdr;
-	*pos += hdr + rec->len;
-	return 1;
+	return r == 1 && (rec->len == 0 || rec->len > BF_NAME_LEN) ? -EUCLEAN : r;
 }
 
 /* Does the back reference item holding (parent, name) exist in the log? (the kernel's backref_in_log) */
 static int backref_in_log(struct rctx *c, const struct bf_key *key, uint64_t parent, const char *name, size_t len)
 {
 	struct bf_path p;
-	struct ref_rec rec;
+	struct bf_ref_rec rec;
 	uint32_t size, pos = 0;
 	int r = log_item(c, key, &p), found = 0;
 
@@ -760,11 +733,11 @@ static int inode_in_dir(struct rctx *c, uint64_t dir, uint64_t ino, uint64_t ind
 
 /* The first name in the subvolume's back reference item key (of parent, for extrefs) that the log's item at the
    same key lacks: 0 with it, 1 none. */
-static int ref_not_logged(struct rctx *c, const struct bf_key *key, uint64_t parent, struct ref_rec *out, char *buf)
+static int ref_not_logged(struct rctx *c, const struct bf_key *key, uint64_t parent, struct bf_ref_rec *out, char *buf)
 {
 	uint8_t *data;
 	uint32_t size, pos = 0;
-	struct ref_rec rec;
+	struct bf_ref_rec rec;
 	bool found = false;
 	int r = fs_item_get(c, key, &data, &size);
 
@@ -797,7 +770,7 @@ static int extref_has(struct rctx *c, const struct bf_key *key, uint64_t parent,
 {
 	uint8_t *data;
 	uint32_t size, pos = 0;
-	struct ref_rec rec;
+	struct bf_ref_rec rec;
 	int r = fs_item_get(c, key, &data, &size), found = 0;
 
 	if (r)
@@ -820,7 +793,7 @@ static int ref_conflicts(struct rctx *c, uint64_t parent, uint64_t ino, uint64_t
 	struct bf_key xkey = { ino, BF_INODE_EXTREF_KEY, extref_hash(parent, name, len) };
 	struct bf_key ikey = { parent, BF_DIR_INDEX_KEY, index };
 	struct bf_key dkey = { parent, BF_DIR_ITEM_KEY, bf_name_hash(name, len) };
-	struct ref_rec victim;
+	struct bf_ref_rec victim;
 	struct bf_dir_rec rec;
 	char buf[BF_NAME_LEN];
 	int r;
@@ -865,7 +838,7 @@ static int unlink_old_refs(struct rctx *c, const struct bf_key *key, const uint8
 	int r;
 
 	for (;;) {
-		struct ref_rec rec, lrec;
+		struct bf_ref_rec rec, lrec;
 		uint32_t pos = 0, lpos;
 		bool gone = false;
 		if ((r = fs_item_get(c, key, &data, &size)) != 0)
@@ -898,7 +871,7 @@ static int unlink_old_refs(struct rctx *c, const struct bf_key *key, const uint8
 static int add_inode_ref(struct rctx *c, const struct bf_key *key, const uint8_t *data, uint32_t size)
 {
 	uint64_t ino = key->objectid;
-	struct ref_rec rec;
+	struct bf_ref_rec rec;
 	uint32_t pos = 0;
 	int err, r;
 
@@ -1054,7 +1027,7 @@ struct count_ctx {
 static int count_refs_cb(void *ctx, const struct bf_key *key, const uint8_t *data, uint32_t size)
 {
 	struct count_ctx *cc = ctx;
-	struct ref_rec rec;
+	struct bf_ref_rec rec;
 	uint32_t pos = 0;
 	int r;
 

@@ -37,6 +37,19 @@ int bf_dir_rec_next(const uint8_t *item, uint32_t size, uint32_t *pos, struct bf
    lengths, location, name hash. Returns NULL if fine, else what is wrong. */
 const char *bf_dir_rec_check(const struct bf_dir_rec *rec, const struct bf_key *key);
 
+/* ---- back reference records (fs/dir.c) ---- */
+/* One record of an INODE_REF item (parent from the key's offset) or INODE_EXTREF item: it starts at byte `at`
+   of the item and takes `size` bytes. */
+struct bf_ref_rec {
+	uint64_t parent, index;
+	const char *name;
+	uint16_t len;
+	uint32_t at, size;
+};
+/* Parse the record at *pos of the back reference item with key k and advance *pos: 1 with *rec, 0 at the end,
+   -EUCLEAN if the record does not fit in the item. */
+int bf_ref_rec_next(const struct bf_key *k, const uint8_t *item, uint32_t size, uint32_t *pos, struct bf_ref_rec *rec);
+
 /* Log one line "corrupt metadata: subvolume S inode I item (o t off): <what>" and return -EUCLEAN. */
 int bf_corrupt(uint64_t root, uint64_t ino, const struct bf_key *key, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -335,45 +335,29 @@ static uint64_t extref_hash(uint64_t parent, const char *name, size_t len)
 	return bf_crc32c((uint32_t)parent, name, len);
 }
 
-/* Walk the records of an INODE_REF item (extref false) or INODE_EXTREF item for (parent, name). Returns 0 with
+/* Find (parent, name) among the records of the back reference item k (INODE_REF or INODE_EXTREF). Returns 0 with
    *index, *pos and *rlen, -ENOENT, or -EUCLEAN for a record that does not fit. */
-static int ref_find(uint64_t root, const struct bf_key *k, const uint8_t *item, uint32_t size, bool extref,
-		    uint64_t parent, const char *name, size_t len, uint64_t *index, uint32_t *pos, uint32_t *rlen)
+static int ref_find(uint64_t root, const struct bf_key *k, const uint8_t *item, uint32_t size, uint64_t parent,
+		    const char *name, size_t len, uint64_t *index, uint32_t *pos, uint32_t *rlen)
 {
-	uint32_t hdr = extref ? sizeof(struct bf_inode_extref) : sizeof(struct bf_inode_ref);
+	struct bf_ref_rec rec;
+	uint32_t at = 0;
+	int r;
 
-	for (uint32_t at = 0; at < size;) {
-		uint64_t p, idx;
-		uint16_t nl;
-		if (size - at < hdr)
-			return bf_corrupt(root, k->objectid, k, "back reference record crosses the item end");
-		if (extref) {
-			const struct bf_inode_extref *e = (const void *)(item + at);
-			p = get64(e->parent_objectid);
-			idx = get64(e->index);
-			nl = get16(e->name_len);
-		} else {
-			const struct bf_inode_ref *e = (const void *)(item + at);
-			p = k->offset;
-			idx = get64(e->index);
-			nl = get16(e->name_len);
-		}
-		if (nl > size - at - hdr)
-			return bf_corrupt(root, k->objectid, k, "back reference name crosses the item end");
-		if (p == parent && nl == len && memcmp(item + at + hdr, name, len) == 0) {
-			*index = idx;
-			*pos = at;
-			*rlen = hdr + nl;
+	while ((r = bf_ref_rec_next(k, item, size, &at, &rec)) == 1) {
+		if (rec.parent == parent && rec.len == len && memcmp(rec.name, name, len) == 0) {
+			*index = rec.index;
+			*pos = rec.at;
+			*rlen = rec.size;
 			return 0;
 		}
-		at += hdr + nl;
 	}
-	return -ENOENT;
+	return r ? bf_corrupt(root, k->objectid, k, "back reference record crosses the item end") : -ENOENT;
 }
 
 /* Look for (parent, name) in the back reference item at key: 0 with *index, -ENOENT; *size gets the item's size
    (0 if absent). */
-static int ref_lookup(struct bf_wop *op, uint64_t root, const struct bf_key *key, bool extref, uint64_t parent,
+static int ref_lookup(struct bf_wop *op, uint64_t root, const struct bf_key *key, uint64_t parent,
 		      const char *name, size_t len, uint64_t *index, uint32_t *size)
 {
 	struct bf_root *tree;
@@ -388,7 +372,7 @@ static int ref_lookup(struct bf_wop *op, uint64_t root, const struct bf_key *key
 	r = bf_search(op->fs->env, tree, key, &p);
 	if (r == 0) {
 		const uint8_t *data = bf_path_item(&p, size);
-		r = ref_find(root, key, data, *size, extref, parent, name, len, index, &pos, &rl);
+		r = ref_find(root, key, data, *size, parent, name, len, index, &pos, &rl);
 	} else if (r > 0) {
 		r = -ENOENT;
 	}
@@ -402,10 +386,10 @@ int bf_iref_find(struct bf_wop *op, uint64_t root, uint64_t ino, uint64_t parent
 	struct bf_key rk = { ino, BF_INODE_REF_KEY, parent };
 	struct bf_key xk = { ino, BF_INODE_EXTREF_KEY, extref_hash(parent, name, len) };
 	uint32_t size;
-	int r = ref_lookup(op, root, &rk, false, parent, name, len, index, &size);
+	int r = ref_lookup(op, root, &rk, parent, name, len, index, &size);
 
 	if (r == -ENOENT)
-		r = ref_lookup(op, root, &xk, true, parent, name, len, index, &size);
+		r = ref_lookup(op, root, &xk, parent, name, len, index, &size);
 	return r;
 }
 
@@ -416,11 +400,11 @@ static int ref_place(struct bf_wop *op, uint64_t root, uint64_t ino, uint64_t pa
 	struct bf_key xk = { ino, BF_INODE_EXTREF_KEY, extref_hash(parent, name, len) };
 	uint64_t index;
 	uint32_t rsize, xsize;
-	int r = ref_lookup(op, root, &rk, false, parent, name, len, &index, &rsize);
+	int r = ref_lookup(op, root, &rk, parent, name, len, &index, &rsize);
 
 	if (r != -ENOENT)
 		return r ? r : -EEXIST;
-	r = ref_lookup(op, root, &xk, true, parent, name, len, &index, &xsize);
+	r = ref_lookup(op, root, &xk, parent, name, len, &index, &xsize);
 	if (r != -ENOENT)
 		return r ? r : -EEXIST;
 	if (rsize == 0 || item_can_grow(op->fs, rsize, (uint32_t)(sizeof(struct bf_inode_ref) + len)))
@@ -468,7 +452,7 @@ int bf_iref_add(struct bf_wop *op, uint64_t root, uint64_t ino, uint64_t parent,
 }
 
 /* Remove (parent, name) from the back reference item at key if it is there: 0 done, -ENOENT not there. */
-static int ref_remove(struct bf_wop *op, uint64_t root, struct bf_root *tree, const struct bf_key *key, bool extref,
+static int ref_remove(struct bf_wop *op, uint64_t root, struct bf_root *tree, const struct bf_key *key,
 		      uint64_t parent, const char *name, size_t len)
 {
 	struct bf_path p;
@@ -480,7 +464,7 @@ static int ref_remove(struct bf_wop *op, uint64_t root, struct bf_root *tree, co
 	r = bf_search_slot(op->t, tree, key, -1, true, &p);
 	if (r == 0) {
 		const uint8_t *data = bf_path_item(&p, &size);
-		r = ref_find(root, key, data, size, extref, parent, name, len, &index, &pos, &rl);
+		r = ref_find(root, key, data, size, parent, name, len, &index, &pos, &rl);
 	} else if (r > 0) {
 		r = -ENOENT;
 	}
@@ -499,9 +483,9 @@ int bf_iref_del(struct bf_wop *op, uint64_t root, uint64_t ino, uint64_t parent,
 	int r = bf_wop_root(op, root, &tree);
 
 	if (!r)
-		r = ref_remove(op, root, tree, &rk, false, parent, name, len);
+		r = ref_remove(op, root, tree, &rk, parent, name, len);
 	if (r == -ENOENT)
-		r = ref_remove(op, root, tree, &xk, true, parent, name, len);
+		r = ref_remove(op, root, tree, &xk, parent, name, len);
 	if (r == -ENOENT)
 		r = bf_corrupt(root, ino, &rk, "back reference to '%.*s' in directory %" PRIu64 " vanished", (int)len,
 			       name, parent);
