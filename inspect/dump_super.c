@@ -6,8 +6,8 @@
  * Key idea: the superblock is read straight from each image file (no filesystem open, so this works on images
  * nothing else can open). Without --all-copies the copy the core would use (bf_super_read: an intact primary,
  * else the newest valid copy) is shown; if none is valid the primary is shown anyway, marked invalid with
- * bf_super_check's reason. With --all-copies each copy that fits on the device is read and checked on its own. All decoding works on a
- * 4096-byte local copy; the system chunk array is walked with bounds checks (items.c).
+ * bf_super_check's reason. With --all-copies each copy that fits on the device is read and checked on its own.
+ * All decoding works on a 4096-byte local copy; the system chunk array is walked with bounds checks (items.c).
  */
 #include <errno.h>
 #include <fcntl.h>
