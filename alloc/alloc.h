@@ -34,6 +34,7 @@ struct bf_device {
 	uint64_t devid;
 	uint8_t uuid[BF_UUID_SIZE];
 	int fd;               /* -1 when the device is missing */
+	int dfd;              /* the same device opened for direct (uncached) writes, or -1 (alloc/device.c) */
 	char *path;           /* NULL when missing */
 	uint64_t size;        /* bytes readable on the device */
 	uint64_t total_bytes; /* from its dev item */
@@ -74,6 +75,11 @@ struct bf_volume {
    btrfs-fuse). *size gets the usable byte size (BLKGETSIZE64 for block devices). */
 int bf_plat_open(const char *path, bool writable, int *fd, uint64_t *size, char *err, size_t errlen);
 int bf_plat_flush(int fd);
+/* A second descriptor of the device behind fd, for writes that bypass the page cache (O_DIRECT on Linux), or -1
+   where the system or the filesystem holding the image cannot do that. Writes through it need memory, offset and
+   length aligned to BF_DIRECT_ALIGN. */
+#define BF_DIRECT_ALIGN 4096u
+int bf_plat_open_direct(int fd);
 
 /* ---- devices ---- */
 int bf_dev_pread(const struct bf_device *dev, void *buf, size_t len, uint64_t physical);        /* 0 or -EIO */

@@ -5,6 +5,11 @@
  * readable size before any system call, so a corrupt address can never read past a device's end, and short
  * transfers are retried until done or the device reports an error. Both entry points report to the I/O
  * recorder (alloc/iorec.c, off unless a test asks for it) after the device call succeeded.
+ * Large aligned writes (file data at flush) go through the device's direct descriptor when it has one: the bytes
+ * go from our buffer to the disk without a copy into the page cache (whose fresh pages cost more than the copy)
+ * and the commit's flush has nothing left to write back. The kernel keeps the cache coherent: a direct write
+ * drops cached pages of its range, so later buffered reads see it. A direct write the system refuses (EINVAL)
+ * is done again through the cache.
  */
 #include "alloc/alloc.h"
 #include "util/util.h"
@@ -48,6 +53,29 @@ int bf_dev_pread(const struct bf_device *dev, void *buf, size_t len, uint64_t ph
 	return ret;
 }
 
+/* Writes at least this large, aligned, go around the page cache. */
+#define DIRECT_MIN (64u * 1024)
+
+static bool direct_ok(const struct bf_device *dev, const void *buf, size_t len, uint64_t physical)
+{
+	return dev->dfd >= 0 && len >= DIRECT_MIN &&
+	       ((uintptr_t)buf % BF_DIRECT_ALIGN | len % BF_DIRECT_ALIGN | physical % BF_DIRECT_ALIGN) == 0;
+}
+
+/* All of buf to fd at physical: 0, or the errno of the failure (ENOSPC for a write that wrote nothing). */
+static int write_all(int fd, const void *buf, size_t len, uint64_t physical)
+{
+	for (size_t done = 0; done < len;) {
+		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(physical + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? errno : ENOSPC;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
 int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint64_t physical)
 {
 	int ret = dev_check(dev, len, physical, "write");
@@ -55,17 +83,15 @@ int bf_dev_pwrite(const struct bf_device *dev, const void *buf, size_t len, uint
 		bf_log(BF_LOG_ERR, "write to devid %" PRIu64 " (%s), which is open read-only", dev->devid, dev->path);
 		return -EIO;
 	}
-	if (!ret)
-		bf_iorec_before_write();
-	for (size_t done = 0; !ret && done < len;) {
-		ssize_t n = pwrite(dev->fd, (const char *)buf + done, len - done, (off_t)(physical + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return dev_io_error(dev, "write", len, physical, n < 0 ? errno : ENOSPC);
-		done += (size_t)n;
-	}
-	return ret ? ret : bf_iorec_write(dev->devid, physical, buf, len);
+	if (ret)
+		return ret;
+	bf_iorec_before_write();
+	int e = direct_ok(dev, buf, len, physical) ? write_all(dev->dfd, buf, len, physical) : EINVAL;
+	if (e == EINVAL)
+		e = write_all(dev->fd, buf, len, physical);
+	if (e)
+		return dev_io_error(dev, "write", len, physical, e);
+	return bf_iorec_write(dev->devid, physical, buf, len);
 }
 
 int bf_dev_flush(const struct bf_device *dev)

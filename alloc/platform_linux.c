@@ -118,4 +118,26 @@ int bf_plat_open(const char *path, bool writable, int *fd, uint64_t *size, char 
 
 int bf_plat_flush(int fd) { return fsync(fd) < 0 ? -errno : 0; }
 
+/* Reopened through /proc so that it is the same file even if its path changed; no O_EXCL (the first descriptor
+   holds the claim). The filesystem under an image must take direct I/O at our alignment (statx DIOALIGN where the
+   kernel tells it; tmpfs before 6.6 refuses the open). */
+int bf_plat_open_direct(int fd)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int d = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+	if (d < 0)
+		return -1;
+#ifdef STATX_DIOALIGN
+	struct statx sx;
+	if (statx(d, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+	    (sx.stx_dio_mem_align == 0 || sx.stx_dio_offset_align == 0 || BF_DIRECT_ALIGN % sx.stx_dio_mem_align ||
+	     BF_DIRECT_ALIGN % sx.stx_dio_offset_align)) {
+		close(d);
+		return -1;
+	}
+#endif
+	return d;
+}
+
 #endif

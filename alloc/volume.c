@@ -31,6 +31,8 @@ void bf_vol_destroy(struct bf_volume *v)
 	for (size_t i = 0; i < v->ndevs; i++) {
 		if (v->devs[i]->fd >= 0)
 			close(v->devs[i]->fd);
+		if (v->devs[i]->dfd >= 0)
+			close(v->devs[i]->dfd);
 		free(v->devs[i]->path);
 		free(v->devs[i]);
 	}
@@ -63,6 +65,7 @@ static struct bf_device *dev_insert(struct bf_volume *v, uint64_t devid, const u
 	}
 	d->devid = devid;
 	d->fd = -1;
+	d->dfd = -1;
 	memcpy(d->uuid, uuid, BF_UUID_SIZE);
 	size_t pos = v->ndevs;
 	while (pos > 0 && devs[pos - 1]->devid > devid)
@@ -99,6 +102,7 @@ static int dev_claim(struct bf_device *d, const char *path, int fd, uint64_t siz
 	d->total_bytes = get64(di->total_bytes);
 	d->generation = generation;
 	d->writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+	d->dfd = d->writable ? bf_plat_open_direct(fd) : -1;
 	if (size < d->total_bytes)
 		bf_log(BF_LOG_WARN, "%s (devid %" PRIu64 ") has %" PRIu64 " bytes, less than the %" PRIu64
 		       " its dev item says; reads past its end will fail", path, d->devid, size, d->total_bytes);

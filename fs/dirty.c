@@ -10,13 +10,15 @@
  * touches (the last one starting below a if it reaches a, and those starting in [a, b]), merges them and the new
  * bytes into one range - reusing the first one's buffer when the write only extends it, growing it by half again
  * so that appends cost amortized O(1) copying - and joins it back in between. Recursion depth is the treap's
- * depth, O(log n) in expectation.
+ * depth, O(log n) in expectation. Buffers come from util/bigbuf.c: a large one is page-aligned, so the flush can
+ * write it to the device directly (alloc/device.c).
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fs/write.h"
+#include "util/util.h"
 
 void bf_dmap_init(struct bf_dmap *m)
 {
@@ -33,7 +35,7 @@ void bf_dmap_init_marks(struct bf_dmap *m)
 void bf_drange_free(struct bf_drange *r)
 {
 	if (r) {
-		free(r->data);
+		bf_bigbuf_free(r->data, r->cap);
 		free(r);
 	}
 }
@@ -145,7 +147,7 @@ static void merge_one(void *ctx, struct bf_drange *r)
    r->start): grow by half again when extending. 0 or -ENOMEM (r unchanged). */
 static int reserve(struct bf_drange *r, uint64_t len)
 {
-	size_t want = (size_t)len, cap;
+	size_t want = (size_t)len, cap, got = r->cap;
 	uint8_t *p;
 
 	if (want <= r->cap)
@@ -153,13 +155,13 @@ static int reserve(struct bf_drange *r, uint64_t len)
 	cap = r->cap + r->cap / 2;
 	if (cap < want)
 		cap = want;
-	p = realloc(r->data, cap);
+	p = bf_bigbuf_resize(r->data, &got, cap);
 	if (!p && cap > want)
-		p = realloc(r->data, cap = want);
+		p = bf_bigbuf_resize(r->data, &got, cap = want);
 	if (!p)
 		return -ENOMEM;
 	r->data = p;
-	r->cap = cap;
+	r->cap = got;
 	return 0;
 }
 

@@ -13,6 +13,7 @@
  * Usage: btrfs-fuse [options] DEVICE_OR_IMAGE [MORE_DEVICES...] MOUNTPOINT; options may also follow the
  * positional arguments, as mount.fuse3 passes them (`btrfs-fuse SOURCE MOUNTPOINT -o OPTS`).
  */
+#include "fuse/loop.h"
 #include "fuse/ops.h"
 
 #include <errno.h>
@@ -51,6 +52,7 @@ struct cli {
 	uint64_t testkill; /* -o testkill=N (tests only) */
 	uint64_t subvolid;
 	unsigned commit;   /* -o commit=N: seconds between commits (0 = 30, as the kernel) */
+	unsigned spin;     /* -o spin=N: microseconds to look for the next request before sleeping (fuse/loop.c) */
 	bool degraded, help, version, debug, rw;
 	bool allow_given;  /* allow_other, allow_root or noallow_other given */
 	bool no_defperm;   /* nodefault_permissions */
@@ -61,7 +63,7 @@ struct cli {
 
 enum {
 	K_HELP, K_VERSION, K_SUBVOL, K_SUBVOLID, K_DEVICE, K_DEGRADED, K_RO, K_RW, K_ALLOW, K_NOALLOW, K_DEFPERM,
-	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE, K_IOREC, K_TESTKILL,
+	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE, K_IOREC, K_TESTKILL, K_SPIN,
 };
 
 static const struct fuse_opt cli_opts[] = {
@@ -72,6 +74,7 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("subvol=", K_SUBVOL),
 	FUSE_OPT_KEY("subvolid=", K_SUBVOLID),
 	FUSE_OPT_KEY("commit=", K_COMMIT),
+	FUSE_OPT_KEY("spin=", K_SPIN),
 	FUSE_OPT_KEY("trace=", K_TRACE),
 	FUSE_OPT_KEY("iorecord=", K_IOREC),
 	FUSE_OPT_KEY("testkill=", K_TESTKILL),
@@ -171,6 +174,20 @@ static int parse_commit(struct cli *c, const char *val)
 	return 0;
 }
 
+/* spin=N: microseconds, at most one second. */
+static int parse_spin(struct cli *c, const char *val)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(val, &end, 10);
+	if (errno || end == val || *end || val[0] == '-' || v > 1000000) {
+		bf_log(BF_LOG_ERR, "invalid spin '%s': give microseconds from 0 (never spin) to 1000000", val);
+		return -1;
+	}
+	c->spin = (unsigned)v;
+	return 0;
+}
+
 /* testkill=N (tests only): a positive count of device writes. */
 static int parse_testkill(struct cli *c, const char *val)
 {
@@ -218,6 +235,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 		return (c->subvol = strdup(arg + strlen("subvol="))) ? 0 : -1;
 	case K_SUBVOLID: return parse_subvolid(c, arg + strlen("subvolid="));
 	case K_COMMIT: return parse_commit(c, arg + strlen("commit="));
+	case K_SPIN: return parse_spin(c, arg + strlen("spin="));
 	case K_TRACE:
 		free(c->trace);
 		return (c->trace = strdup(arg + strlen("trace="))) ? 0 : -1;
@@ -285,6 +303,8 @@ static void help(void)
 	       "    -o rw                  read-write: changes are committed every 30 seconds, on fsync\n"
 	       "                           and at unmount (also on SIGTERM and SIGINT)\n"
 	       "    -o commit=N            commit every N seconds instead of 30 (read-write mounts)\n"
+	       "    -o spin=N              after a request, look for the next one for N microseconds before\n"
+	       "                           sleeping (default 50; 0 = sleep at once, for the least CPU use)\n"
 	       "    -o trace=FILE          append one JSON line per event to FILE: FUSE requests, tree\n"
 	       "                           searches, block reads, copy-on-write, splits and merges, reference\n"
 	       "                           changes, transactions and commits\n"
@@ -472,7 +492,7 @@ static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o, 
 			bf_log(BF_LOG_WARN, "cannot start the worker threads (%s): serving every request in one thread",
 			       strerror(-r));
 	}
-	int r = fuse_session_loop(se);
+	int r = bf_loop_run(se, ctx->spin_us);
 	bf_pool_free(ctx->pool); /* the queued requests are answered first */
 	ctx->pool = NULL;
 	return r;
@@ -569,7 +589,8 @@ static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *o, con
 static int start(struct cli *c, struct fuse_args *args)
 {
 	struct fuse_cmdline_opts o;
-	struct bf_fuse ctx = { .timeout = BF_RO_TIMEOUT, .acl = !c->noacl, .default_permissions = !c->no_defperm };
+	struct bf_fuse ctx = { .timeout = BF_RO_TIMEOUT, .acl = !c->noacl, .default_permissions = !c->no_defperm,
+			       .spin_us = c->spin };
 	const char **devs = NULL;
 	struct fuse_session *se = NULL;
 	char what[PATH_MAX + 64];
@@ -620,6 +641,7 @@ int main(int argc, char *argv[])
 	int status = 1;
 
 	memset(&c, 0, sizeof(c));
+	c.spin = BF_SPIN_US_DEFAULT;
 	if (fuse_opt_parse(&args, &c, cli_opts, opt_proc) != 0) {
 		usage(stderr);
 		goto out;

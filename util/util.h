@@ -53,6 +53,14 @@ void bf_trace(const char *event, const char *fmt, ...) __attribute__((format(pri
 const char *bf_trace_str(const char *s, size_t len, char *buf, size_t buflen);
 
 /* Format a UUID as the usual 36-character text into buf (at least 37 bytes). */
+/* Growable buffers (util/bigbuf.c): those of at least BF_BIGBUF_MIN bytes start on a page boundary. resize gives
+   a buffer of at least size bytes holding p's bytes (p NULL: a new one; its bytes are unspecified), sets *cap to
+   what it really holds (in: p's), and returns NULL, p and *cap untouched, when out of memory. free takes that
+   capacity. Freed large buffers are pooled for reuse. */
+#define BF_BIGBUF_MIN ((size_t)64 * 1024)
+void *bf_bigbuf_resize(void *p, size_t *cap, size_t size);
+void bf_bigbuf_free(void *p, size_t cap);
+
 void bf_uuid_str(const uint8_t uuid[16], char *buf);
 
 #endif
