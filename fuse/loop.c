@@ -39,21 +39,23 @@ static bool keep_spinning(int fd, uint64_t *idle_since, uint64_t spin_ns)
 
 int bf_loop_run(struct fuse_session *se, unsigned spin_us)
 {
-	int fd = fuse_session_fd(se), fl = fcntl(fd, F_GETFL), res = 0;
+	int fd = fuse_session_fd(se), fl = fcntl(fd, F_GETFL), err = 0;
 	bool spin = spin_us && fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
 	uint64_t idle_since = 0, spin_ns = (uint64_t)spin_us * 1000;
 	struct fuse_buf buf = { .mem = NULL };
 
 	while (!fuse_session_exited(se)) {
-		res = fuse_session_receive_buf(se, &buf);
+		int res = fuse_session_receive_buf(se, &buf);
 		if (res == -EAGAIN && spin) {
 			(void)keep_spinning(fd, &idle_since, spin_ns);
 			continue;
 		}
 		if (res == -EINTR)
 			continue;
-		if (res <= 0)
+		if (res <= 0) { /* 0: unmounted (or told to exit) */
+			err = res;
 			break;
+		}
 		idle_since = 0;
 		fuse_session_process_buf(se, &buf);
 	}
@@ -61,5 +63,5 @@ int bf_loop_run(struct fuse_session *se, unsigned spin_us)
 	if (spin)
 		(void)fcntl(fd, F_SETFL, fl);
 	fuse_session_reset(se);
-	return res < 0 ? res : 0;
+	return err;
 }
