@@ -511,7 +511,7 @@ struct walk {
 
 /* Check one block against what its parent promised, then its children. */
 static inline void walk_block(struct walk *w, uint64_t bytenr, int level, uint64_t gen, const struct bf_key *first,
-		       uint64_t parent_gen, bool is_root)
+			      uint64_t parent_gen, bool is_root)
 {
 	struct ctx *c = w->c;
 	struct bf_block_expect exp = { gen, level, first, TREE_ID };

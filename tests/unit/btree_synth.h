@@ -65,7 +65,7 @@ static inline void put_csum(uint8_t *b, uint32_t nodesize, unsigned type)
 }
 
 static inline void put_header(uint8_t *b, uint32_t nodesize, const uint8_t *fsid, uint64_t bytenr, uint8_t level,
-		       uint32_t nritems, uint64_t owner, uint64_t gen)
+			      uint32_t nritems, uint64_t owner, uint64_t gen)
 {
 	struct bf_header *h = (struct bf_header *)b;
 
@@ -152,7 +152,10 @@ static inline uint64_t img_phys(const struct img *im, uint64_t bytenr, int copy)
 	return im->phys[copy] + bytenr - im->logical;
 }
 
-static inline uint8_t *img_block(struct img *im, uint64_t bytenr, int copy) { return im->buf + img_phys(im, bytenr, copy); }
+static inline uint8_t *img_block(struct img *im, uint64_t bytenr, int copy)
+{
+	return im->buf + img_phys(im, bytenr, copy);
+}
 
 static inline uint64_t img_alloc(struct img *im)
 {
@@ -209,8 +212,8 @@ static inline size_t chunk_count(size_t left, size_t cap, uint64_t *rng)
 	return left <= cap ? left : (left - k < cap / 2 + 1 && left <= 2 * cap ? left / 2 : k);
 }
 
-static inline struct level build_leaves(struct img *im, const struct bf_key *keys, size_t n, size_t cap, unsigned maxdata,
-				 uint64_t owner, uint64_t *rng)
+static inline struct level build_leaves(struct img *im, const struct bf_key *keys, size_t n, size_t cap,
+					unsigned maxdata, uint64_t owner, uint64_t *rng)
 {
 	struct level lv = { 0 };
 	struct bf_key none = { 0, 0, 0 };
@@ -230,8 +233,8 @@ static inline struct level build_leaves(struct img *im, const struct bf_key *key
 	return lv;
 }
 
-static inline struct level build_nodes(struct img *im, const struct level *below, uint8_t level, size_t cap, uint64_t owner,
-				uint64_t *rng)
+static inline struct level build_nodes(struct img *im, const struct level *below, uint8_t level, size_t cap,
+				       uint64_t owner, uint64_t *rng)
 {
 	struct level lv = { 0 };
 
@@ -255,7 +258,7 @@ static inline struct level build_nodes(struct img *im, const struct level *below
 
 /* Build a tree over keys[0..n) (sorted, unique) and return its root. */
 static inline struct bf_root build_tree(struct img *im, const struct bf_key *keys, size_t n, size_t leaf_cap,
-				 size_t node_cap, unsigned maxdata, uint64_t owner, uint64_t *rng)
+					size_t node_cap, unsigned maxdata, uint64_t owner, uint64_t *rng)
 {
 	struct level lv = build_leaves(im, keys, n, leaf_cap, maxdata, owner, rng);
 	uint8_t level = 0;
@@ -443,7 +446,7 @@ struct fs {
 
 /* Build a tree of n keys into a fresh volume. Returns 0 or a negative errno. */
 static inline int fs_make(struct fs *f, uint32_t nodesize, int ncopies, size_t n, unsigned maxdata, size_t leaf_cap,
-		   size_t node_cap, size_t cache_bytes, uint64_t *rng)
+			  size_t node_cap, size_t cache_bytes, uint64_t *rng)
 {
 	int fd;
 

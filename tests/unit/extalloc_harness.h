@@ -685,7 +685,7 @@ static inline void loop_detach(const char *a, const char *b)
 }
 
 static inline void kernel_mount_check(const char *img, const char *what, struct xset *xs, const char *const *dirs,
-			       int nsets, const char *extra)
+				      int nsets, const char *extra)
 {
 	char mnt[160], mark[96];
 	snprintf(mnt, sizeof(mnt), "%s/mnt", tmpdir);

@@ -1,5 +1,6 @@
 /*
- * tests/unit/test_btree_validate.c - validation of tree blocks (bf_block_check in btree/block.c) and reading damaged trees.
+ * tests/unit/test_btree_validate.c - validation of tree blocks (bf_block_check in btree/block.c) and reading
+ * damaged trees.
  *
  * Owns: (1) every validation rule of bf_block_check, one corrupted field at a time, on a valid leaf and node of
  * 4K/16K/64K, the block accessors, the other checksum types and the env's refusal of bad geometry; (2) a seeded

@@ -1,5 +1,6 @@
 /*
- * tests/unit/test_extalloc_chunks.c - what the extent allocator changes besides extent items: chunks, checksums, the free space tree.
+ * tests/unit/test_extalloc_chunks.c - what the extent allocator changes besides extent items: chunks,
+ * checksums, the free space tree.
  *
  * Owns: (1) new chunks of every kind and profile: a system, a metadata and a data chunk made in one
  * transaction (besides xattr changes) on default, mixed, two-device RAID1/RAID0 and RAID1/single images; the

@@ -1,5 +1,6 @@
 /*
- * tests/unit/test_extalloc_reserve.c - what the extent allocator must not hand out: reservations, ENOSPC, claimed ranges.
+ * tests/unit/test_extalloc_reserve.c - what the extent allocator must not hand out: reservations, ENOSPC,
+ * claimed ranges.
  *
  * Owns: (1) ENOSPC: on a small single/4K image the metadata reservation fails before the commit would, and the
  * image stays clean for btrfs check and the kernel; (2) reservations against a model: seeded reservations of
