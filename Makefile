@@ -106,4 +106,4 @@ install: all
 clean:
 	rm -rf build build-asan btrfs-fuse btrfs-fuse-inspect
 
--include $(CORE_OBJ:.o=.d) $(FUSE_OBJ:.o=.d) $(INSPECT_OBJ:.o=.d)
+-include $(CORE_OBJ:.o=.d) $(FUSE_OBJ:.o=.d) $(INSPECT_OBJ:.o=.d) $(UNIT_BIN:=.d)

@@ -1,6 +1,6 @@
 /*
  * alloc/extalloc_int.h - private interface between the files of the extent allocator (never included from
- * another layer; tests/unit/test_extalloc.c includes it to check the in-memory state).
+ * another layer; tests/unit/test_extalloc_*.c include it to check the in-memory state).
  *
  * Owns: the in-memory state of the extent allocator and the calls between its files:
  *   rangeset.c         sorted sets of byte ranges (free space, pinned space, device extents);
