@@ -146,27 +146,33 @@ static void strv_free(struct strv *s)
 	free(s->v);
 }
 
-static int parse_subvolid(struct cli *c, const char *val)
+/* A whole number in [min, max] (base: 10, or 0 for C prefixes) into *out; false if val is anything else. */
+static bool parse_num(const char *val, int base, uint64_t min, uint64_t max, uint64_t *out)
 {
 	char *end;
 	errno = 0;
-	unsigned long long v = strtoull(val, &end, 0);
-	if (errno || end == val || *end || val[0] == '-' || v == 0) {
+	unsigned long long v = strtoull(val, &end, base);
+	if (errno || end == val || *end || val[0] == '-' || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+static int parse_subvolid(struct cli *c, const char *val)
+{
+	if (!parse_num(val, 0, 1, UINT64_MAX, &c->subvolid)) {
 		bf_log(BF_LOG_ERR, "invalid subvolid '%s': give the numeric id of a subvolume (5 = the top level; "
 		       "`btrfs subvolume list` shows them)", val);
 		return -1;
 	}
-	c->subvolid = v;
 	return 0;
 }
 
 /* commit=N as the kernel's btrfs takes it: 0 means the default. */
 static int parse_commit(struct cli *c, const char *val)
 {
-	char *end;
-	errno = 0;
-	unsigned long v = strtoul(val, &end, 10);
-	if (errno || end == val || *end || val[0] == '-' || v > 86400) {
+	uint64_t v;
+	if (!parse_num(val, 10, 0, 86400, &v)) {
 		bf_log(BF_LOG_ERR, "invalid commit interval '%s': give a number of seconds (0 = the default, 30)", val);
 		return -1;
 	}
@@ -177,10 +183,8 @@ static int parse_commit(struct cli *c, const char *val)
 /* spin=N: microseconds, at most one second. */
 static int parse_spin(struct cli *c, const char *val)
 {
-	char *end;
-	errno = 0;
-	unsigned long v = strtoul(val, &end, 10);
-	if (errno || end == val || *end || val[0] == '-' || v > 1000000) {
+	uint64_t v;
+	if (!parse_num(val, 10, 0, 1000000, &v)) {
 		bf_log(BF_LOG_ERR, "invalid spin '%s': give microseconds from 0 (never spin) to 1000000", val);
 		return -1;
 	}
@@ -191,15 +195,11 @@ static int parse_spin(struct cli *c, const char *val)
 /* testkill=N (tests only): a positive count of device writes. */
 static int parse_testkill(struct cli *c, const char *val)
 {
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(val, &end, 10);
-	if (errno || end == val || *end || val[0] == '-' || v == 0) {
+	if (!parse_num(val, 10, 1, UINT64_MAX, &c->testkill)) {
 		bf_log(BF_LOG_ERR, "invalid testkill '%s': give the number (1 or more) of the device write to die at",
 		       val);
 		return -1;
 	}
-	c->testkill = v;
 	return 0;
 }
 
