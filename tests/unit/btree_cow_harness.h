@@ -44,20 +44,11 @@
 		}                                                                                                  \
 	} while (0)
 
-static inline uint64_t mix64(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static inline uint64_t rng_next(uint64_t *st) { return mix64(*st += 0x9E3779B97F4A7C15ull); }
-static inline uint64_t rng_below(uint64_t *st, uint64_t n) { return n ? rng_next(st) % n : 0; }
 
 static inline void rng_fill(uint64_t *st, uint8_t *buf, size_t len)
 {
 	for (size_t i = 0; i < len; i++)
-		buf[i] = (uint8_t)rng_next(st);
+		buf[i] = (uint8_t)splitmix64(st);
 }
 
 #define SECTOR 4096u

@@ -45,15 +45,15 @@ static inline void spot_check(struct ctx *c, uint32_t idx, const char *op)
 static inline uint32_t pick_size(struct ctx *c)
 {
 	uint32_t max = bf_max_item_size(&c->env);
-	uint64_t r = rng_below(&c->rng, 1000);
+	uint64_t r = check_below(&c->rng, 1000);
 
 	if (r < 600)
-		return (uint32_t)rng_below(&c->rng, 33);
+		return (uint32_t)check_below(&c->rng, 33);
 	if (r < 900)
-		return (uint32_t)rng_below(&c->rng, c->nodesize / 16 + 1);
+		return (uint32_t)check_below(&c->rng, c->nodesize / 16 + 1);
 	if (r < 998)
-		return (uint32_t)rng_below(&c->rng, c->nodesize / 4 + 1);
-	return max - (uint32_t)rng_below(&c->rng, 65);
+		return (uint32_t)check_below(&c->rng, c->nodesize / 4 + 1);
+	return max - (uint32_t)check_below(&c->rng, 65);
 }
 
 static inline uint8_t *random_bytes(struct ctx *c, uint32_t size)
@@ -67,12 +67,12 @@ static inline uint8_t *random_bytes(struct ctx *c, uint32_t size)
 /* A free key index: at random, or continuing an ascending or a descending run. */
 static inline uint32_t pick_free(struct ctx *c, uint32_t *asc, uint32_t *desc)
 {
-	uint64_t r = rng_below(&c->rng, 100);
+	uint64_t r = check_below(&c->rng, 100);
 	uint32_t idx;
 
 	for (int tries = 0; tries < 64; tries++) {
 		if (r < 45)
-			idx = (uint32_t)rng_below(&c->rng, KEYSPACE);
+			idx = (uint32_t)check_below(&c->rng, KEYSPACE);
 		else if (r < 80)
 			idx = *asc = (*asc + 1) % KEYSPACE;
 		else
@@ -85,7 +85,7 @@ static inline uint32_t pick_free(struct ctx *c, uint32_t *asc, uint32_t *desc)
 
 static inline uint32_t pick_present(struct ctx *c)
 {
-	return c->m.count ? model_select(&c->m, (uint32_t)rng_below(&c->rng, c->m.count)) : NONE;
+	return c->m.count ? model_select(&c->m, (uint32_t)check_below(&c->rng, c->m.count)) : NONE;
 }
 
 static inline void op_insert(struct ctx *c, uint32_t idx)
@@ -110,13 +110,13 @@ static inline void op_insert(struct ctx *c, uint32_t idx)
 static inline void op_insert_batch(struct ctx *c, uint32_t idx)
 {
 	struct bf_key keys[8];
-	uint32_t sizes[8], n = 0, want = 1 + (uint32_t)rng_below(&c->rng, 8);
+	uint32_t sizes[8], n = 0, want = 1 + (uint32_t)check_below(&c->rng, 8);
 	struct bf_path p;
 	int ret;
 
 	while (n < want && idx + n < KEYSPACE && !model_has(&c->m, idx + n)) {
 		keys[n] = key_of(idx + n);
-		sizes[n] = (uint32_t)rng_below(&c->rng, c->nodesize / 32);
+		sizes[n] = (uint32_t)check_below(&c->rng, c->nodesize / 32);
 		n++;
 	}
 	bf_path_init(&p, &c->env);
@@ -171,14 +171,14 @@ static inline void op_delete(struct ctx *c, uint32_t idx, uint32_t range)
 static inline uint32_t pick_growth(struct ctx *c, uint32_t size)
 {
 	uint32_t max = bf_max_item_size(&c->env);
-	uint64_t r = rng_below(&c->rng, 100);
+	uint64_t r = check_below(&c->rng, 100);
 
 	if (r < 70)
-		return 1 + (uint32_t)rng_below(&c->rng, 64);
+		return 1 + (uint32_t)check_below(&c->rng, 64);
 	if (r < 95)
-		return 1 + (uint32_t)rng_below(&c->rng, c->nodesize / 8);
+		return 1 + (uint32_t)check_below(&c->rng, c->nodesize / 8);
 	/* to about the largest size: some fit, some overflow */
-	int64_t g = (int64_t)max - size - 16 + (int64_t)rng_below(&c->rng, 33);
+	int64_t g = (int64_t)max - size - 16 + (int64_t)check_below(&c->rng, 33);
 
 	return g > 0 ? (uint32_t)g : 1;
 }
@@ -229,8 +229,8 @@ static inline void op_extend(struct ctx *c, uint32_t idx)
 static inline void op_truncate(struct ctx *c, uint32_t idx)
 {
 	struct bf_key k = key_of(idx);
-	uint32_t size = c->m.size[idx], nsize = (uint32_t)rng_below(&c->rng, size + 1);
-	bool from_end = rng_below(&c->rng, 2);
+	uint32_t size = c->m.size[idx], nsize = (uint32_t)check_below(&c->rng, size + 1);
+	bool from_end = check_below(&c->rng, 2);
 	struct bf_path p;
 	uint8_t *data;
 	int ret;
@@ -274,7 +274,7 @@ static inline void op_rekey(struct ctx *c, uint32_t idx)
 {
 	uint32_t pred = model_pred(&c->m, idx), succ = model_succ(&c->m, idx), lo, hi, to;
 	struct bf_key k = key_of(idx), nk;
-	int bad = rng_below(&c->rng, 10) == 0 ? 1 + (int)rng_below(&c->rng, 2) : 0; /* 1: next key, 2: previous */
+	int bad = check_below(&c->rng, 10) == 0 ? 1 + (int)check_below(&c->rng, 2) : 0; /* 1: next key, 2: previous */
 	struct bf_path p;
 	int ret;
 
@@ -282,7 +282,7 @@ static inline void op_rekey(struct ctx *c, uint32_t idx)
 	hi = succ == NONE ? KEYSPACE : succ;
 	if ((bad == 1 && succ == NONE) || (bad == 2 && pred == NONE) || (!bad && hi - lo < 2))
 		return;
-	to = bad == 1 ? succ : bad == 2 ? pred : lo + (uint32_t)rng_below(&c->rng, hi - lo);
+	to = bad == 1 ? succ : bad == 2 ? pred : lo + (uint32_t)check_below(&c->rng, hi - lo);
 	if (to == idx)
 		return;
 	nk = key_of(to);
@@ -321,7 +321,7 @@ static const struct mix SHRINK __attribute__((unused)) = { { 10, 2, 55, 15, 6, 6
 
 static inline void one_op(struct ctx *c, const struct mix *mx, uint32_t *asc, uint32_t *desc)
 {
-	uint64_t r = rng_below(&c->rng, 100);
+	uint64_t r = check_below(&c->rng, 100);
 	unsigned kind = 0, acc = mx->pct[0];
 	uint32_t idx;
 
@@ -332,7 +332,7 @@ static inline void one_op(struct ctx *c, const struct mix *mx, uint32_t *asc, ui
 	c->ops++;
 	switch (kind) {
 	case 0:
-		idx = rng_below(&c->rng, 50) == 0 ? pick_present(c) : pick_free(c, asc, desc);
+		idx = check_below(&c->rng, 50) == 0 ? pick_present(c) : pick_free(c, asc, desc);
 		if (idx != NONE)
 			op_insert(c, idx);
 		break;
@@ -343,8 +343,8 @@ static inline void one_op(struct ctx *c, const struct mix *mx, uint32_t *asc, ui
 		break;
 	case 2:
 	case 3:
-		c->del_ins_len = rng_below(&c->rng, 5) ? -1 : 0;
-		op_delete(c, pick_present(c), kind == 2 ? 1 : 2 + (uint32_t)rng_below(&c->rng, 7));
+		c->del_ins_len = check_below(&c->rng, 5) ? -1 : 0;
+		op_delete(c, pick_present(c), kind == 2 ? 1 : 2 + (uint32_t)check_below(&c->rng, 7));
 		c->del_ins_len = -1;
 		break;
 	case 4:

@@ -26,16 +26,6 @@
 #include "util/util.h"
 #include "tests/unit/check.h"
 
-/* splitmix64 */
-static inline uint64_t mix64(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static inline uint64_t rng_next(uint64_t *st) { return mix64(*st += 0x9E3779B97F4A7C15ull); }
-static inline uint64_t rng_below(uint64_t *st, uint64_t n) { return n ? rng_next(st) % n : 0; }
 
 #define HDR ((uint32_t)sizeof(struct bf_header))
 #define ITEM ((uint32_t)sizeof(struct bf_item))
@@ -139,7 +129,7 @@ static inline void img_init(struct img *im, uint32_t nodesize, int ncopies, uint
 	memset(im, 0, sizeof(*im));
 	im->nodesize = nodesize;
 	for (int i = 0; i < BF_FSID_SIZE; i++)
-		im->fsid[i] = (uint8_t)rng_next(rng);
+		im->fsid[i] = (uint8_t)splitmix64(rng);
 	im->ncopies = ncopies;
 	im->logical = ncopies == 1 ? BASE : (1ull << 30); /* DUP: logical != physical */
 	im->next = im->logical;
@@ -205,7 +195,7 @@ static inline void level_free(struct level *lv) { free(lv->first), free(lv->byte
 /* How many entries go into the next block: between cap/2+1 and cap, the rest when few are left. */
 static inline size_t chunk_count(size_t left, size_t cap, uint64_t *rng)
 {
-	size_t k = cap / 2 + 1 + (size_t)rng_below(rng, cap - cap / 2);
+	size_t k = cap / 2 + 1 + (size_t)check_below(rng, cap - cap / 2);
 
 	if (k > cap)
 		k = cap;
@@ -221,7 +211,7 @@ static inline struct level build_leaves(struct img *im, const struct bf_key *key
 
 	do {
 		size_t k = chunk_count(n - i, cap, rng);
-		uint64_t bytenr = img_alloc(im), gen = 1 + rng_below(rng, SUPER_GEN);
+		uint64_t bytenr = img_alloc(im), gen = 1 + check_below(rng, SUPER_GEN);
 		uint8_t *b = img_block(im, bytenr, 0);
 
 		put_header(b, im->nodesize, im->fsid, bytenr, 0, (uint32_t)k, owner, gen);
@@ -240,7 +230,7 @@ static inline struct level build_nodes(struct img *im, const struct level *below
 
 	for (size_t i = 0; i < below->n;) {
 		size_t k = chunk_count(below->n - i, cap, rng);
-		uint64_t bytenr = img_alloc(im), gen = 1 + rng_below(rng, SUPER_GEN);
+		uint64_t bytenr = img_alloc(im), gen = 1 + check_below(rng, SUPER_GEN);
 		uint8_t *b = img_block(im, bytenr, 0);
 
 		put_header(b, im->nodesize, im->fsid, bytenr, level, (uint32_t)k, owner, gen);
@@ -367,17 +357,17 @@ static inline struct model make_model(size_t n, unsigned maxdata, uint64_t *rng)
 	struct bf_key k = { 256, 1, 0 };
 
 	for (size_t i = 0; i < n; i++) {
-		uint64_t r = rng_below(rng, 3);
+		uint64_t r = check_below(rng, 3);
 
 		if (i > 0 && r == 0) {
-			k.objectid += 1 + rng_below(rng, 3);
-			k.type = types[rng_below(rng, sizeof(types))];
-			k.offset = rng_below(rng, 1000);
+			k.objectid += 1 + check_below(rng, 3);
+			k.type = types[check_below(rng, sizeof(types))];
+			k.offset = check_below(rng, 1000);
 		} else if (i > 0 && r == 1 && k.type < 200) {
-			k.type = (uint8_t)(k.type + 1 + rng_below(rng, 40));
-			k.offset = rng_below(rng, 1000);
+			k.type = (uint8_t)(k.type + 1 + check_below(rng, 40));
+			k.offset = check_below(rng, 1000);
 		} else if (i > 0) {
-			k.offset += 1 + rng_below(rng, 100);
+			k.offset += 1 + check_below(rng, 100);
 		}
 		m.keys[i] = k;
 	}
@@ -404,17 +394,17 @@ static inline size_t model_bound(const struct model *m, const struct bf_key *t, 
 static inline struct bf_key random_target(const struct model *m, uint64_t *rng)
 {
 	struct bf_key t;
-	uint64_t r = rng_below(rng, 10);
+	uint64_t r = check_below(rng, 10);
 
 	if (m->n && r < 4)
-		return m->keys[rng_below(rng, m->n)];
+		return m->keys[check_below(rng, m->n)];
 	if (r == 4)
 		return (struct bf_key){ 0, 0, 0 };
 	if (r == 5)
 		return (struct bf_key){ UINT64_MAX, 255, UINT64_MAX };
-	t.objectid = 250 + rng_below(rng, (m->n ? m->keys[m->n - 1].objectid - 250 : 0) + 10);
-	t.type = (uint8_t)rng_below(rng, 256);
-	t.offset = rng_below(rng, 3) ? rng_below(rng, 5000) : rng_next(rng);
+	t.objectid = 250 + check_below(rng, (m->n ? m->keys[m->n - 1].objectid - 250 : 0) + 10);
+	t.type = (uint8_t)check_below(rng, 256);
+	t.offset = check_below(rng, 3) ? check_below(rng, 5000) : splitmix64(rng);
 	return t;
 }
 
@@ -485,14 +475,14 @@ static inline bool check_one_search(struct fs *f, struct bf_path *p, const struc
 {
 	size_t idx = model_bound(&f->m, t, false);
 	int want = idx < f->m.n && bf_key_cmp(&f->m.keys[idx], t) == 0 ? 0 : 1;
-	int ret = bf_search(&f->env, &f->root, t, p), steps = (int)rng_below(rng, 4);
+	int ret = bf_search(&f->env, &f->root, t, p), steps = (int)check_below(rng, 4);
 
 	if (ret != want || !path_at(p, &f->m, idx)) {
 		printf("  bf_search %s: ret %d want %d, idx %zu of %zu\n", keystr(t), ret, want, idx, f->m.n);
 		return false;
 	}
 	for (int s = 0; s < steps; s++) {
-		bool fwd = rng_below(rng, 2);
+		bool fwd = check_below(rng, 2);
 
 		ret = fwd ? bf_path_next(p) : bf_path_prev(p);
 		if (fwd) {
@@ -549,8 +539,8 @@ static inline bool check_one_iterate(struct fs *f, struct bf_key lo, struct bf_k
 	int ret, want_ret = 0;
 	bool ok;
 
-	if (rng_below(rng, 4) == 0 && want > 0) {
-		c.stop_after = (size_t)rng_below(rng, want);
+	if (check_below(rng, 4) == 0 && want > 0) {
+		c.stop_after = (size_t)check_below(rng, want);
 		want = c.stop_after;
 		want_ret = c.stop_after == 7 ? -42 : 0;
 	}

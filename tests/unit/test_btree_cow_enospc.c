@@ -42,7 +42,7 @@ static void test_enospc(uint32_t nodesize, uint64_t rng_seed)
 		model_copy(&saved, &c->m);
 		committed = c->root;
 		trans_begin(c);
-		c->al.fail_after = (long)rng_below(&c->rng, 40);
+		c->al.fail_after = (long)check_below(&c->rng, 40);
 		bf_log_set_verbosity((enum bf_log_level)0); /* the failures log, as they should */
 		for (int i = 0; i < 5000; i++) {
 			uint32_t idx = pick_free(c, &asc, &desc), size = pick_size(c);

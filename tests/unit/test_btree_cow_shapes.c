@@ -37,9 +37,9 @@ static void test_deep(uint32_t nodesize, uint64_t items, uint32_t min_size, uint
 	trans_begin(c);
 	CHECK(bf_tree_create(&c->t, TREE_ID, &c->root) == 0, "creating an empty tree");
 	while (done < items && !c->broken) {
-		uint32_t idx = (uint32_t)rng_below(&c->rng, KEYSPACE), size = min_size + (uint32_t)rng_below(&c->rng, span);
+		uint32_t idx = (uint32_t)check_below(&c->rng, KEYSPACE), size = min_size + (uint32_t)check_below(&c->rng, span);
 		struct bf_key k = key_of(idx);
-		uint8_t *data = pool + rng_below(&c->rng, POOL_SIZE);
+		uint8_t *data = pool + check_below(&c->rng, POOL_SIZE);
 
 		if (model_has(&c->m, idx))
 			continue;
@@ -74,7 +74,7 @@ static void test_deep(uint32_t nodesize, uint64_t items, uint32_t min_size, uint
 static void put_item(struct ctx *c, uint32_t idx, uint32_t size)
 {
 	struct bf_key k = key_of(idx);
-	uint8_t *data = pool + rng_below(&c->rng, POOL_SIZE);
+	uint8_t *data = pool + check_below(&c->rng, POOL_SIZE);
 
 	c->ops++;
 	VERIFY(bf_insert_item(&c->t, &c->root, &k, data, size) == 0, "shapes: insert %s", keystr(&k));
@@ -113,7 +113,7 @@ static void test_shapes(uint32_t n, uint64_t rng_seed)
 	c->del_ins_len = 0;
 	while (c->m.count && !c->broken) {
 		c->ops++;
-		op_delete(c, pick_present(c), 1 + (uint32_t)rng_below(&c->rng, 4));
+		op_delete(c, pick_present(c), 1 + (uint32_t)check_below(&c->rng, 4));
 		if (c->m.count % 1000 == 0)
 			check_tree(c, "shapes: deleting without rebalancing");
 	}

@@ -59,7 +59,7 @@ static void check_refusals(struct ctx *c)
 	bf_path_release(&p);
 	for (int i = 0; i < 20 && idx != NONE; i++) {
 		/* a batch whose second key is the next item's: -EEXIST, the tree unchanged */
-		uint32_t f = (uint32_t)rng_below(&c->rng, KEYSPACE), nx = model_succ(&c->m, f);
+		uint32_t f = (uint32_t)check_below(&c->rng, KEYSPACE), nx = model_succ(&c->m, f);
 
 		if (model_has(&c->m, f) || nx == NONE)
 			continue;
@@ -92,7 +92,7 @@ static void check_refusals(struct ctx *c)
    tree and fill it a little again. */
 static void workload(struct ctx *c, uint64_t ops, unsigned ntrans)
 {
-	uint32_t asc = (uint32_t)rng_below(&c->rng, KEYSPACE), desc = (uint32_t)rng_below(&c->rng, KEYSPACE);
+	uint32_t asc = (uint32_t)check_below(&c->rng, KEYSPACE), desc = (uint32_t)check_below(&c->rng, KEYSPACE);
 	uint64_t per = ops / ntrans, check_every = per / 4 + 1;
 
 	trans_begin(c);
@@ -119,12 +119,12 @@ static void workload(struct ctx *c, uint64_t ops, unsigned ntrans)
 	/* empty the tree, from both ends and the middle */
 	trans_begin(c);
 	while (c->m.count && !c->broken) {
-		uint32_t r = (uint32_t)rng_below(&c->rng, 3);
+		uint32_t r = (uint32_t)check_below(&c->rng, 3);
 		uint32_t idx = r == 0 ? model_select(&c->m, 0) : r == 1 ? model_select(&c->m, c->m.count - 1)
 								  : pick_present(c);
 
 		c->ops++;
-		op_delete(c, idx, 1 + (uint32_t)rng_below(&c->rng, 8));
+		op_delete(c, idx, 1 + (uint32_t)check_below(&c->rng, 8));
 	}
 	commit(c);
 	CHECK(c->root.level == 0 || c->broken, "an emptied tree has a root leaf (level %u)", c->root.level);

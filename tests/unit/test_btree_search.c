@@ -85,7 +85,7 @@ static void bench(void)
 		bf_path_init(&p, &f.env);
 		t0 = now();
 		for (unsigned i = 0; i < n; i++) {
-			struct bf_key t = f.m.keys[rng_below(&rng, f.m.n)];
+			struct bf_key t = f.m.keys[check_below(&rng, f.m.n)];
 
 			bf_search(&f.env, &f.root, &t, &p);
 		}

@@ -304,14 +304,14 @@ static void fuzz_block(struct vctx *v, bool node, unsigned iters, uint64_t *rng)
 
 	for (unsigned it = 0; it < iters; it++) {
 		char err[256];
-		int flips = 1 + (int)rng_below(rng, 4), ret;
+		int flips = 1 + (int)check_below(rng, 4), ret;
 		uint8_t *b = work_of(v, node);
 
 		for (int i = 0; i < flips; i++) {
-			uint32_t pos = rng_below(rng, 2) ? BF_CSUM_SIZE + (uint32_t)rng_below(rng, hot - BF_CSUM_SIZE)
-							  : BF_CSUM_SIZE + (uint32_t)rng_below(rng, v->nodesize - BF_CSUM_SIZE);
+			uint32_t pos = check_below(rng, 2) ? BF_CSUM_SIZE + (uint32_t)check_below(rng, hot - BF_CSUM_SIZE)
+							  : BF_CSUM_SIZE + (uint32_t)check_below(rng, v->nodesize - BF_CSUM_SIZE);
 
-			b[pos] ^= (uint8_t)(1 + rng_below(rng, 255));
+			b[pos] ^= (uint8_t)(1 + check_below(rng, 255));
 		}
 		put_csum(b, v->nodesize, BF_CSUM_CRC32C);
 		ret = bf_block_check(&v->env, node ? 2 << 20 : 1 << 20, b, NULL, err, sizeof(err));
@@ -350,7 +350,7 @@ static void test_corrupt_leaf(struct fs *f, uint64_t *rng)
 	unsigned bad = 0, eio = 0;
 
 	do
-		victim = f->im.blocks[rng_below(rng, f->im.nblocks)];
+		victim = f->im.blocks[check_below(rng, f->im.nblocks)];
 	while (img_block(&f->im, victim, 0)[offsetof(struct bf_header, level)] != 0);
 	blk = img_block(&f->im, victim, 0);
 	blk[f->im.nodesize - 3] ^= 0x10; /* the first item's data */
@@ -391,18 +391,18 @@ static void test_corrupt_tree(struct fs *f, uint64_t *rng)
 		struct bf_path p;
 
 		for (int i = 0; i < 6; i++) {
-			uint64_t bytenr = f->im.blocks[rng_below(rng, f->im.nblocks)];
+			uint64_t bytenr = f->im.blocks[check_below(rng, f->im.nblocks)];
 			uint8_t *b = img_block(&f->im, bytenr, 0);
-			uint32_t pos = BF_CSUM_SIZE + (uint32_t)rng_below(rng, 400);
+			uint32_t pos = BF_CSUM_SIZE + (uint32_t)check_below(rng, 400);
 
-			b[pos] ^= (uint8_t)(1 + rng_below(rng, 255));
+			b[pos] ^= (uint8_t)(1 + check_below(rng, 255));
 			put_csum(b, f->im.nodesize, BF_CSUM_CRC32C);
 		}
 		fs_reopen_env(f, 0);
 		bf_path_init(&p, &f->env);
 		for (int i = 0; i < 200; i++) {
 			struct bf_key t = random_target(&f->m, rng);
-			int ret = rng_below(rng, 2) ? bf_search(&f->env, &f->root, &t, &p)
+			int ret = check_below(rng, 2) ? bf_search(&f->env, &f->root, &t, &p)
 						    : bf_search_le(&f->env, &f->root, &t, &p);
 			size_t steps = 0;
 

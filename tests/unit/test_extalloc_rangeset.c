@@ -19,7 +19,7 @@
 #include "tests/unit/check.h"
 
 static uint64_t rng_state;
-static uint64_t rnd(uint64_t n) { return n ? splitmix64(&rng_state) % n : 0; }
+static uint64_t rnd(uint64_t n) { return check_below(&rng_state, n); }
 
 /* ================= 1. range sets ================= */
 

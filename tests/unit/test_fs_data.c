@@ -58,14 +58,6 @@ struct tfile {
 	uint64_t ino;
 };
 
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
 
 /* The byte a write of this kind and seed puts at file offset off. TEXT compresses well (runs of 8 bytes over a
    4-letter alphabet), RANDOM not at all. */

@@ -50,14 +50,8 @@ static char mounted[128];
 
 
 static uint64_t rng_state;
-static uint64_t mix64(uint64_t x)
-{
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
 static uint64_t rnd(void) { return splitmix64(&rng_state); }
-static uint64_t rnd_below(uint64_t n) { return n ? rnd() % n : 0; }
+static uint64_t rnd_below(uint64_t n) { return check_below(&rng_state, n); }
 
 /* ---------------- the model ---------------- */
 

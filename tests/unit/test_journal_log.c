@@ -24,8 +24,7 @@
 #include "journal/journal.h"
 #include "util/util.h"
 #include "tests/unit/check.h"
-
-
+#include "tests/unit/mkfs_image.h"
 
 #define IMG_SIZE (1ULL << 30)
 #define OBJ 100000ULL
@@ -33,24 +32,6 @@
 #define MAXBLOCKS 4096
 
 static char img[64];
-
-static int make_image(void)
-{
-	char cmd[256];
-	int fd;
-
-	snprintf(img, sizeof(img), "/tmp/bf-test-jlog-XXXXXX");
-	fd = mkstemp(img);
-	if (fd < 0)
-		return -1;
-	if (ftruncate(fd, (off_t)IMG_SIZE) != 0) {
-		close(fd);
-		return -1;
-	}
-	close(fd);
-	snprintf(cmd, sizeof(cmd), "mkfs.btrfs -q -f %s >/dev/null 2>&1", img);
-	return system(cmd) == 0 ? 0 : -1;
-}
 
 static struct bf_fsinfo *open_fs(bool writable, int *jr)
 {
@@ -308,15 +289,9 @@ static void test_abort_keeps_log(void)
 int main(void)
 {
 	bf_log_set_verbosity(BF_LOG_WARN);
-	if (system("command -v mkfs.btrfs >/dev/null 2>&1") != 0) {
-		printf("SKIP: mkfs.btrfs not found\n0 passed, 0 failed\n");
-		return 0;
-	}
-	if (make_image() != 0) {
-		printf("FAIL: cannot make a test image with mkfs.btrfs in /tmp\n0 passed, 1 failed\n");
-		unlink(img);
-		return 1;
-	}
+	int go = mkfs_image_begin(img, sizeof(img), "/tmp/bf-test-jlog", IMG_SIZE);
+	if (go <= 0)
+		return go < 0;
 	test_log();
 	test_abort_keeps_log();
 	unlink(img);
