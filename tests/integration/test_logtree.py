@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
 import mounts  # noqa: E402
+import workload  # noqa: E402
 
 BIN = os.path.abspath(os.environ.get("BTRFS_FUSE", os.path.join(REPO, "btrfs-fuse")))
 IMG_SIZE = 512 << 20
@@ -46,15 +47,6 @@ pytestmark = [
 def run(argv):
     return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=600)
-
-
-def check(img, what):
-    p = run(["btrfs", "check", "--readonly", "--check-data-csum", img])
-    out = p.stdout + p.stderr
-    bad = [l for l in out.splitlines() if re.search(r"\berror\b|ERROR|mismatch|wrong|missing|invalid", l)
-           and "no error found" not in l and not re.match(r"ERROR: cannot scan /dev/", l)]
-    assert p.returncode == 0 and "no error found" in out and not bad, (
-        "btrfs check after %s failed (exit %d):\n%s" % (what, p.returncode, out))
 
 
 def super_field(img, name):
@@ -168,7 +160,7 @@ def crash_run(name, base, work, tmp_path, expect_commits=0, prep=None, mkfs_opts
     errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "%s: kernel log after replay:\n%s" % (name, "\n".join(errs))
     assert super_field(img, "log_root") == 0
-    check(img, "%s: the kernel's replay" % name)
+    workload.assert_check_clean(img, "%s: the kernel's replay" % name)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -445,7 +437,7 @@ def test_random_crash(tmp_path, seed):
         loops = list(k.loops)
     errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "%s: kernel log after replay:\n%s" % (name, "\n".join(errs))
-    check(img, "%s: the kernel's replay" % name)
+    workload.assert_check_clean(img, "%s: the kernel's replay" % name)
 
 
 # ------------------------------------------------------------------ our replay vs the kernel's
@@ -510,7 +502,7 @@ def test_replay_matches_kernel(tmp_path):
         pytest.skip("btrfs-fuse does not replay logs yet (a file that only the log holds is missing from its "
                     "read-only and read-write mounts)")
     if mode == "rw":
-        check(twin, "btrfs-fuse's replay")
+        workload.assert_check_clean(twin, "btrfs-fuse's replay")
     with mounts.kernel_mount(img, options="rw") as k:
         kernel = view(k.path, rels)
     for r in rels:

@@ -44,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
 import mounts  # noqa: E402
+import workload  # noqa: E402
 import treecmp  # noqa: E402
 
 BIN = os.path.abspath(os.environ.get("BTRFS_FUSE", os.path.join(REPO, "btrfs-fuse")))
@@ -104,18 +105,6 @@ def mkfs(path, opts):
         f.truncate(IMG_SIZE)
     p = run(["mkfs.btrfs", "-q", "-f"] + opts + [path])
     assert p.returncode == 0, "mkfs.btrfs %s failed: %s" % (" ".join(opts), p.stderr)
-
-
-def check(img, what):
-    """btrfs check --readonly --check-data-csum: exit status 0 and no error in its output."""
-    p = run(["btrfs", "check", "--readonly", "--check-data-csum", img])
-    out = p.stdout + p.stderr
-    # btrfs check scans every block device; a broken loop device of someone else's is not our error
-    bad = [l for l in out.splitlines() if re.search(r"\berror\b|ERROR|mismatch|wrong|missing|invalid", l)
-           and "no error found" not in l and not re.match(r"ERROR: cannot scan /dev/", l)]
-    assert p.returncode == 0 and "no error found" in out and not bad, (
-        "btrfs check after %s failed (exit %d):\n%s" % (what, p.returncode, out))
-    return out
 
 
 class Recorder:
@@ -393,7 +382,7 @@ def _matches_kernel(variant, tmp, binary):
     problems = diff(kman, fman_live, ("kernel", "btrfs-fuse live"))
     assert not problems, "btrfs-fuse showed a different tree while mounted:\n" + "\n".join(problems[:40])
 
-    check(fimg, "btrfs-fuse's writes (%s)" % variant)
+    workload.assert_check_clean(fimg, "btrfs-fuse's writes (%s)" % variant)
     shown = _kernel_shows(fimg)
     problems = diff(kman, shown, ("kernel-made", "btrfs-fuse-made"))
     assert not problems, "the kernel shows a different tree:\n" + "\n".join(problems[:40])
@@ -408,12 +397,12 @@ def _matches_kernel(variant, tmp, binary):
         loops += k.loops
     errs = mounts.dmesg_btrfs_errors(marker, devices=loops)
     assert not errs, "the kernel complained changing the btrfs-fuse image:\n" + "\n".join(errs)
-    check(fimg, "the kernel's changes on top (%s)" % variant)
+    workload.assert_check_clean(fimg, "the kernel's changes on top (%s)" % variant)
     with fuse_rw(fimg, binary=binary) as m:
         seen = manifest(m.path)
     problems = diff(after, seen, ("kernel", "btrfs-fuse"), ignore=("atime",))
     assert not problems, "btrfs-fuse does not show the kernel's changes:\n" + "\n".join(problems[:40])
-    check(fimg, "a second read-write mount (%s)" % variant)
+    workload.assert_check_clean(fimg, "a second read-write mount (%s)" % variant)
 
 
 # ------------------------------------------------------------------ item by item
@@ -462,7 +451,7 @@ def _check_multi(imgs, what):
     loops = [mounts.losetup_attach(i) for i in imgs]
     try:
         run(["btrfs", "device", "scan"] + loops)
-        return check(loops[0], what)
+        return workload.assert_check_clean(loops[0], what)
     finally:
         for l in loops:
             run(["btrfs", "device", "scan", "--forget", l])
@@ -475,7 +464,7 @@ def _fuse_matches_kernel(imgs, change, what):
         change(m.path)
         live = manifest(m.path)
     if len(imgs) == 1:
-        check(imgs[0], what)
+        workload.assert_check_clean(imgs[0], what)
     else:
         _check_multi(imgs, what)
     marker = mounts.dmesg_marker()
@@ -519,7 +508,7 @@ def test_subvolume_and_snapshot_writes(tmp):
     # the subvolume mounted by itself
     with mounts.fuse_mount(BIN, img, options="rw,subvol=sv") as m:
         os.mkdir(os.path.join(m.path, "from-subvol-mount"))
-    check(img, "a subvol= mount")
+    workload.assert_check_clean(img, "a subvol= mount")
     with mounts.kernel_mount(img, options="ro") as k:
         assert os.path.isdir(os.path.join(k.path, "sv", "from-subvol-mount"))
 
@@ -586,7 +575,7 @@ def test_parallel_changes_with_periodic_commits(tmp):
         committed = _super_field(img, "generation")
     assert not errors, errors
     assert committed > gen0, "the commit thread did not commit while mounted (generation %d)" % committed
-    check(img, "parallel writers")
+    workload.assert_check_clean(img, "parallel writers")
     with mounts.kernel_mount(img, options="ro") as k:
         shown = manifest(k.path)
     problems = diff(live, shown, ("btrfs-fuse", "kernel"), ignore=("atime",))
@@ -610,7 +599,7 @@ def test_several_commits_and_backup_roots(tmp):
     out = run(["btrfs", "inspect-internal", "dump-super", "-f", img]).stdout
     gens = sorted(int(g) for g in re.findall(r"backup_tree_root:\s+\d+\s+gen:\s+(\d+)", out))
     assert gens == [gen - 3, gen - 2, gen - 1, gen], "backup roots are not the last four commits: %s" % gens
-    check(img, "six commits")
+    workload.assert_check_clean(img, "six commits")
     with mounts.kernel_mount(img, options="ro") as k:
         assert sorted(os.listdir(k.path)) == ["dir%d" % i for i in range(6)]
 
@@ -643,11 +632,11 @@ def test_unlinked_open_file_and_orphan_cleanup(tmp):
         m.proc.wait(timeout=10)
         os.close(keep)
         run(["fusermount3", "-u", "-z", m.path])
-    check(img, "a kill with an orphan")
+    workload.assert_check_clean(img, "a kill with an orphan")
     with fuse_rw(img) as m:
         assert os.listdir(m.path) == []
     assert not _orphans(img), "the orphan was not cleaned up at the next read-write mount"
-    check(img, "orphan cleanup")
+    workload.assert_check_clean(img, "orphan cleanup")
     out = run(["btrfs", "inspect-internal", "dump-tree", "-t", "5", img]).stdout
     assert "(257 INODE_ITEM" not in out, "the orphan inode's items are still there:\n" + out
 
@@ -663,7 +652,7 @@ def test_release_deletes_unlinked_file(tmp):
         os.unlink(path)
         f.close()
     assert not _orphans(img)
-    check(img, "unlink while open, then close")
+    workload.assert_check_clean(img, "unlink while open, then close")
     out = run(["btrfs", "inspect-internal", "dump-tree", "-t", "5", img]).stdout
     assert "(257 " not in out, "the released inode's items are still there"
 
@@ -677,7 +666,7 @@ def test_signal_commits(tmp):
             m.proc.send_signal(sig)
             m.proc.wait(timeout=30)
             assert m.proc.returncode == 0, m.stderr_text()
-    check(img, "SIGTERM and SIGINT")
+    workload.assert_check_clean(img, "SIGTERM and SIGINT")
     with mounts.kernel_mount(img, options="ro") as k:
         assert sorted(os.listdir(k.path)) == sorted("by-%d" % s for s in (signal.SIGTERM, signal.SIGINT))
 
@@ -720,4 +709,4 @@ def test_log_tree_is_replayed(tmp):
         with open(os.path.join(m.path, "f"), "rb") as f:
             assert f.read() == b"x"
         os.mkdir(os.path.join(m.path, "x"))
-    check(img + ".log", "log replay")
+    workload.assert_check_clean(img + ".log", "log replay")

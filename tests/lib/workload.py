@@ -1440,6 +1440,18 @@ def btrfs_check(images):
                                        "" if ok else "; error lines: %r" % bad[:10], out[-6000:])
 
 
+def assert_check_clean(img, what):
+    """`btrfs check --readonly --check-data-csum IMG` must exit 0, say "no error found" and print no line about
+    an error, mismatch, or a wrong, missing or invalid item (a scan error of some other block device is not
+    ours); otherwise the test fails naming `what`. Returns check's output."""
+    rc, out = run_cmd(["btrfs", "check", "--readonly", "--check-data-csum", os.fspath(img)])
+    bad = [l for l in out.splitlines() if re.search(r"\berror\b|ERROR|mismatch|wrong|missing|invalid", l)
+           and "no error found" not in l and not re.match(r"ERROR: cannot scan /dev/", l)]
+    assert rc == 0 and "no error found" in out and not bad, (
+        "btrfs check after %s failed (exit %d):\n%s" % (what, rc, out))
+    return out
+
+
 def scrub(mountpoint):
     """`btrfs scrub start -B` on a kernel mount; returns (ok, output)."""
     rc, out = run_cmd(["btrfs", "scrub", "start", "-B", os.fspath(mountpoint)])
