@@ -23,18 +23,17 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* No request was there: spin on (true) while the budget lasts, else sleep until one comes (false). */
-static bool keep_spinning(int fd, uint64_t *idle_since, uint64_t spin_ns)
+/* No request was there: return at once while the spin budget lasts, else sleep until one comes. */
+static void wait_for_request(int fd, uint64_t *idle_since, uint64_t spin_ns)
 {
 	uint64_t t = now_ns();
 	if (!*idle_since)
 		*idle_since = t;
 	if (t - *idle_since < spin_ns)
-		return true;
+		return;
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	(void)poll(&p, 1, -1); /* EINTR: the loop looks at the session's state again */
 	*idle_since = 0;
-	return false;
 }
 
 int bf_loop_run(struct fuse_session *se, unsigned spin_us)
@@ -47,7 +46,7 @@ int bf_loop_run(struct fuse_session *se, unsigned spin_us)
 	while (!fuse_session_exited(se)) {
 		int res = fuse_session_receive_buf(se, &buf);
 		if (res == -EAGAIN && spin) {
-			(void)keep_spinning(fd, &idle_since, spin_ns);
+			wait_for_request(fd, &idle_since, spin_ns);
 			continue;
 		}
 		if (res == -EINTR)

@@ -56,21 +56,21 @@ static void *pool_take(size_t len, size_t *got)
 	return q;
 }
 
-/* Keep a mapping for later if there is room, else unmap it. */
+/* Keep a mapping for later if there is room, else unmap it. MADV_FREE comes before the mapping is in the pool:
+   once there, another thread may take it and write to it, and a later MADV_FREE could drop those bytes. */
 static void pool_put(void *p, size_t len)
 {
 	pthread_mutex_lock(&pool.lock);
 	bool keep = pool.n < POOL_MAX && pool.bytes + len <= POOL_BYTES;
 	if (keep) {
+#ifdef MADV_FREE
+		(void)madvise(p, len, MADV_FREE);
+#endif
 		pool.p[pool.n] = p;
 		pool.len[pool.n++] = len;
 		pool.bytes += len;
 	}
 	pthread_mutex_unlock(&pool.lock);
-#ifdef MADV_FREE
-	if (keep)
-		(void)madvise(p, len, MADV_FREE);
-#endif
 	if (!keep)
 		munmap(p, len);
 }
