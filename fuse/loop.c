@@ -1,20 +1,37 @@
 /*
  * fuse/loop.c - the request loop: read a request from the kernel, hand it to libfuse to dispatch, repeat.
  *
- * Owns: bf_loop_run (fuse/loop.h), used instead of fuse_session_loop. Key idea: after a request, keep looking for
- * the next one for a short while (spin_us microseconds of non-blocking reads) before going to sleep in poll().
- * A program working through many files (tar, cp, rm -r) sends its next request a few microseconds after our
- * answer; finding it while still awake saves waking this thread, and a wake-up of a thread whose CPU went idle
- * is a cross-CPU interrupt - on a virtual machine an exit to the hypervisor, which there costs more than most
- * requests take to serve. The spin ends after spin_us without a request, so an idle daemon sleeps; 0 turns it off.
+ * Owns: bf_loop_run (fuse/loop.h), used instead of fuse_session_loop. Key idea: a program working through many
+ * files (tar, cp, rm -r) sends its next request a few microseconds after our answer, and each side of the round
+ * trip may have to wake a sleeping thread. A wake-up of a thread whose CPU went idle is a cross-CPU interrupt -
+ * on a virtual machine an exit to the hypervisor, which there costs more than most requests take to serve. Two
+ * measures, both only while requests keep coming:
+ *  - after a request, keep looking for the next one for a short while (spin_us microseconds of non-blocking
+ *    reads) before going to sleep in poll(): no wake-up of this thread;
+ *  - during a burst (a request within QUIET_NS of the previous one), hold a CPU latency request (fuse/qos.c) so
+ *    that idle CPUs, the program's among them, wake up fast; it is taken back after QUIET_NS without a request.
+ * An idle daemon sleeps in poll() and asks for nothing.
  */
 #include "fuse/loop.h"
+
+#include "fuse/qos.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <time.h>
+
+/* A burst: requests less than this apart; it ends after this long without one. */
+#define QUIET_NS 2000000u
+
+struct loop {
+	int fd;              /* /dev/fuse */
+	uint64_t spin_ns;    /* keep reading this long after a request before sleeping */
+	uint64_t idle_since; /* when the last read found nothing (0: the last read found a request) */
+	uint64_t last_req;   /* when the last request came (0: none yet) */
+	struct bf_qos qos;
+};
 
 static uint64_t now_ns(void)
 {
@@ -23,30 +40,52 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* No request was there: return at once while the spin budget lasts, else sleep until one comes. */
-static void wait_for_request(int fd, uint64_t *idle_since, uint64_t spin_ns)
+static void got_request(struct loop *l)
 {
 	uint64_t t = now_ns();
-	if (!*idle_since)
-		*idle_since = t;
-	if (t - *idle_since < spin_ns)
-		return;
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	(void)poll(&p, 1, -1); /* EINTR: the loop looks at the session's state again */
-	*idle_since = 0;
+	if (l->last_req && t - l->last_req < QUIET_NS)
+		bf_qos_hold(&l->qos);
+	l->last_req = t;
+	l->idle_since = 0;
 }
 
-int bf_loop_run(struct fuse_session *se, unsigned spin_us)
+/* Sleep until a request comes: first out the rest of a burst (keeping the latency request), then for good. */
+static void sleep_for_request(struct loop *l, uint64_t t)
 {
-	int fd = fuse_session_fd(se), fl = fcntl(fd, F_GETFL), err = 0;
-	bool spin = spin_us && fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
-	uint64_t idle_since = 0, spin_ns = (uint64_t)spin_us * 1000;
+	struct pollfd p = { .fd = l->fd, .events = POLLIN };
+	if (l->qos.held) {
+		uint64_t end = l->last_req + QUIET_NS;
+		if (t < end && poll(&p, 1, (int)((end - t + 999999) / 1000000)) != 0)
+			return; /* a request, or EINTR: the loop looks at the session's state again */
+		bf_qos_release(&l->qos);
+	}
+	(void)poll(&p, 1, -1);
+}
+
+/* No request was there: return at once while the spin lasts, else sleep until one comes. */
+static void wait_for_request(struct loop *l)
+{
+	uint64_t t = now_ns();
+	if (!l->idle_since)
+		l->idle_since = t;
+	if (t - l->idle_since < l->spin_ns)
+		return;
+	sleep_for_request(l, t);
+	l->idle_since = 0;
+}
+
+int bf_loop_run(struct fuse_session *se, const struct bf_loop_opts *o)
+{
+	struct loop l = { .fd = fuse_session_fd(se), .spin_ns = (uint64_t)o->spin_us * 1000 };
+	int fl = fcntl(l.fd, F_GETFL), err = 0;
+	bf_qos_open(&l.qos, o->cpu_latency_us);
+	bool nonblock = (l.spin_ns || l.qos.fd >= 0) && fl >= 0 && fcntl(l.fd, F_SETFL, fl | O_NONBLOCK) == 0;
 	struct fuse_buf buf = { .mem = NULL };
 
 	while (!fuse_session_exited(se)) {
 		int res = fuse_session_receive_buf(se, &buf);
-		if (res == -EAGAIN && spin) {
-			wait_for_request(fd, &idle_since, spin_ns);
+		if (res == -EAGAIN && nonblock) {
+			wait_for_request(&l);
 			continue;
 		}
 		if (res == -EINTR)
@@ -55,12 +94,13 @@ int bf_loop_run(struct fuse_session *se, unsigned spin_us)
 			err = res;
 			break;
 		}
-		idle_since = 0;
+		got_request(&l);
 		fuse_session_process_buf(se, &buf);
 	}
 	free(buf.mem);
-	if (spin)
-		(void)fcntl(fd, F_SETFL, fl);
+	bf_qos_close(&l.qos);
+	if (nonblock)
+		(void)fcntl(l.fd, F_SETFL, fl);
 	fuse_session_reset(se);
 	return err;
 }

@@ -14,6 +14,7 @@
  * positional arguments, as mount.fuse3 passes them (`btrfs-fuse SOURCE MOUNTPOINT -o OPTS`).
  */
 #include "fuse/loop.h"
+#include "fuse/qos.h"
 #include "fuse/ops.h"
 
 #include <errno.h>
@@ -52,7 +53,7 @@ struct cli {
 	uint64_t testkill; /* -o testkill=N (tests only) */
 	uint64_t subvolid;
 	unsigned commit;   /* -o commit=N: seconds between commits (0 = 30, as the kernel) */
-	unsigned spin;     /* -o spin=N: microseconds to look for the next request before sleeping (fuse/loop.c) */
+	struct bf_loop_opts loop; /* -o spin=N, cpu_latency=N (fuse/loop.c) */
 	bool degraded, help, version, debug, rw;
 	bool allow_given;  /* allow_other, allow_root or noallow_other given */
 	bool no_defperm;   /* nodefault_permissions */
@@ -63,7 +64,7 @@ struct cli {
 
 enum {
 	K_HELP, K_VERSION, K_SUBVOL, K_SUBVOLID, K_DEVICE, K_DEGRADED, K_RO, K_RW, K_ALLOW, K_NOALLOW, K_DEFPERM,
-	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE, K_IOREC, K_TESTKILL, K_SPIN,
+	K_NODEFPERM, K_ACL, K_NOACL, K_FSNAME, K_SUBTYPE, K_DEBUG, K_COMMIT, K_TRACE, K_IOREC, K_TESTKILL, K_SPIN, K_CPULAT,
 };
 
 static const struct fuse_opt cli_opts[] = {
@@ -75,6 +76,7 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("subvolid=", K_SUBVOLID),
 	FUSE_OPT_KEY("commit=", K_COMMIT),
 	FUSE_OPT_KEY("spin=", K_SPIN),
+	FUSE_OPT_KEY("cpu_latency=", K_CPULAT),
 	FUSE_OPT_KEY("trace=", K_TRACE),
 	FUSE_OPT_KEY("iorecord=", K_IOREC),
 	FUSE_OPT_KEY("testkill=", K_TESTKILL),
@@ -188,7 +190,23 @@ static int parse_spin(struct cli *c, const char *val)
 		bf_log(BF_LOG_ERR, "invalid spin '%s': give microseconds from 0 (never spin) to 1000000", val);
 		return -1;
 	}
-	c->spin = (unsigned)v;
+	c->loop.spin_us = (unsigned)v;
+	return 0;
+}
+
+/* cpu_latency=N: microseconds, at most one second, or off. */
+static int parse_cpu_latency(struct cli *c, const char *val)
+{
+	uint64_t v;
+	if (strcmp(val, "off") == 0) {
+		c->loop.cpu_latency_us = BF_CPU_LATENCY_OFF;
+		return 0;
+	}
+	if (!parse_num(val, 10, 0, 1000000, &v)) {
+		bf_log(BF_LOG_ERR, "invalid cpu_latency '%s': give microseconds from 0 to 1000000, or off", val);
+		return -1;
+	}
+	c->loop.cpu_latency_us = (int32_t)v;
 	return 0;
 }
 
@@ -236,6 +254,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 	case K_SUBVOLID: return parse_subvolid(c, arg + strlen("subvolid="));
 	case K_COMMIT: return parse_commit(c, arg + strlen("commit="));
 	case K_SPIN: return parse_spin(c, arg + strlen("spin="));
+	case K_CPULAT: return parse_cpu_latency(c, arg + strlen("cpu_latency="));
 	case K_TRACE:
 		free(c->trace);
 		return (c->trace = strdup(arg + strlen("trace="))) ? 0 : -1;
@@ -305,6 +324,10 @@ static void help(void)
 	       "    -o commit=N            commit every N seconds instead of 30 (read-write mounts)\n"
 	       "    -o spin=N              after a request, look for the next one for N microseconds before\n"
 	       "                           sleeping (default 50; 0 = sleep at once, for the least CPU use)\n"
+	       "    -o cpu_latency=N       while requests keep coming, ask idle CPUs to wake up within N\n"
+	       "                           microseconds (/dev/cpu_dma_latency, root only; default 0: they\n"
+	       "                           poll instead of halting until 2 ms after the last request);\n"
+	       "                           off = never ask\n"
 	       "    -o trace=FILE          append one JSON line per event to FILE: FUSE requests, tree\n"
 	       "                           searches, block reads, copy-on-write, splits and merges, reference\n"
 	       "                           changes, transactions and commits\n"
@@ -492,7 +515,7 @@ static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o, 
 			bf_log(BF_LOG_WARN, "cannot start the worker threads (%s): serving every request in one thread",
 			       strerror(-r));
 	}
-	int r = bf_loop_run(se, ctx->spin_us);
+	int r = bf_loop_run(se, &ctx->loop);
 	bf_pool_free(ctx->pool); /* the queued requests are answered first */
 	ctx->pool = NULL;
 	return r;
@@ -590,7 +613,7 @@ static int start(struct cli *c, struct fuse_args *args)
 {
 	struct fuse_cmdline_opts o;
 	struct bf_fuse ctx = { .timeout = BF_RO_TIMEOUT, .acl = !c->noacl, .default_permissions = !c->no_defperm,
-			       .spin_us = c->spin };
+			       .loop = c->loop };
 	const char **devs = NULL;
 	struct fuse_session *se = NULL;
 	char what[PATH_MAX + 64];
@@ -641,7 +664,8 @@ int main(int argc, char *argv[])
 	int status = 1;
 
 	memset(&c, 0, sizeof(c));
-	c.spin = BF_SPIN_US_DEFAULT;
+	c.loop.spin_us = BF_SPIN_US_DEFAULT;
+	c.loop.cpu_latency_us = BF_CPU_LATENCY_DEFAULT;
 	if (fuse_opt_parse(&args, &c, cli_opts, opt_proc) != 0) {
 		usage(stderr);
 		goto out;

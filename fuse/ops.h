@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "fs/fs.h"
+#include "fuse/loop.h"
 #include "fuse/pool.h"
 
 struct bf_fuse {
@@ -27,7 +28,7 @@ struct bf_fuse {
 	uint64_t root_ino;                   /* st_ino of node 1, for readdir entries that come without a stat */
 	struct fuse_conn_info_opts *conn_opts; /* -o max_readahead=, readdirplus=, ... from the command line */
 	struct bf_pool *pool;                /* workers for file reads and fsync; NULL: all in the loop thread (-s) */
-	unsigned spin_us;                    /* -o spin=N (fuse/loop.c) */
+	struct bf_loop_opts loop;            /* -o spin=N, cpu_latency=N (fuse/loop.c) */
 };
 
 extern const struct fuse_lowlevel_ops bf_fuse_ops;

@@ -19,6 +19,7 @@ with mkfs.btrfs --rootdir; a subvolume `vol` is added through the kernel.
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -576,7 +577,8 @@ def test_unprivileged_user(image, workdir):
     os.chmod(img, 0o600)
     with dev_fuse_usable_by_all():
         try:
-            r = su("%s %s %s" % (binary, img, mp))
+            trace = os.path.join(home, "trace.json")
+            r = su("%s -o trace=%s %s %s" % (binary, trace, img, mp))
             assert r.returncode == 0, r.stderr
             fstype, _src, opts = mount_options(mp)
             assert fstype == "fuse.btrfs-fuse" and "ro" in opts
@@ -584,6 +586,14 @@ def test_unprivileged_user(image, workdir):
             r = su("cat %s/hello.txt" % mp)
             assert r.returncode == 0 and r.stdout == "hello world\n", r.stderr
             assert daemon_pids(mp)
+            # A burst of requests: root would hold a CPU latency request now; the user may not open
+            # /dev/cpu_dma_latency and goes on without one, silently (tests/integration/test_loop.py).
+            r = su("python3 -c \"import os; [os.path.exists('%s/nx%%d' %% i) for i in range(500)]\"" % mp)
+            assert r.returncode == 0, r.stderr
+            with open(trace) as f:
+                evs = [json.loads(line) for line in f]
+            assert len([e for e in evs if e["event"] == "fuse" and e["op"] == "lookup"]) >= 500
+            assert not [e for e in evs if e["event"] == "cpu_latency"]
             r = su("fusermount3 -u %s" % mp)
             assert r.returncode == 0, r.stderr
             assert wait_until(lambda: not daemon_pids(mp)), "the daemon did not end after fusermount3 -u"
